@@ -1,0 +1,268 @@
+//! Command-line flags as the user typed them. Nothing here is trusted:
+//! [`crate::config`] turns these raw values into a validated configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::ZoneId;
+
+/// Where the exporter listens unless told otherwise. Chosen from the
+/// exporter range (9100-9999) and not used by any exporter we know of.
+pub const DEFAULT_LISTEN_ADDRESS: &str = ":9832";
+
+/// Watches Cloudflare Argo Smart Routing on your zones and exports its state to Prometheus.
+///
+/// Credentials come from the environment: CLOUDFLARE_API_TOKEN (an API token with
+/// "Zone Settings Read", plus "Zone Read" for zone names), or the legacy pair
+/// CLOUDFLARE_EMAIL and CLOUDFLARE_API_KEY. `--cloudflare.api-token-file` reads the
+/// token from a file instead.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cloudflare-argo-exporter",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub exporter: ExporterArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a local Cloudflare API simulator with a few sample zones and the
+    /// exporter against it. Needs no token and reaches no network.
+    Demo(DemoArgs),
+    /// Run only the Cloudflare API simulator (for benchmarks and fire drills).
+    Simulate(SimulateArgs),
+}
+
+/// Flags of the exporter daemon, the default command.
+#[derive(Debug, Args)]
+pub struct ExporterArgs {
+    /// Zone ID to watch (32 lowercase hex characters). Repeat the flag, or give
+    /// a comma-separated list in the environment variable.
+    #[arg(
+        long = "zone",
+        value_name = "ID",
+        env = "ARGO_EXPORTER_ZONES",
+        value_delimiter = ','
+    )]
+    pub zones: Vec<ZoneId>,
+
+    /// Read the Cloudflare API token from this file (trailing newline trimmed)
+    /// instead of CLOUDFLARE_API_TOKEN.
+    #[arg(
+        long = "cloudflare.api-token-file",
+        value_name = "PATH",
+        env = "CLOUDFLARE_API_TOKEN_FILE"
+    )]
+    pub api_token_file: Option<PathBuf>,
+
+    /// Base URL of the Cloudflare v4 API.
+    #[arg(
+        long = "cloudflare.api-url",
+        value_name = "URL",
+        env = "CLOUDFLARE_API_URL",
+        default_value = crate::config::DEFAULT_API_URL
+    )]
+    pub api_url: String,
+
+    /// Time limit for one Cloudflare API request, connection included.
+    #[arg(
+        long = "cloudflare.timeout",
+        value_name = "DURATION",
+        env = "ARGO_EXPORTER_CLOUDFLARE_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_positive_duration
+    )]
+    pub timeout: Duration,
+
+    #[command(flatten)]
+    pub poll: PollArgs,
+
+    #[command(flatten)]
+    pub web: WebArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PollArgs {
+    /// How often every zone is polled.
+    #[arg(
+        long = "poll.interval",
+        value_name = "DURATION",
+        env = "ARGO_EXPORTER_POLL_INTERVAL",
+        default_value = "60s",
+        value_parser = parse_positive_duration
+    )]
+    pub interval: Duration,
+
+    /// How many zones are polled at the same time.
+    #[arg(
+        long = "poll.concurrency",
+        value_name = "N",
+        env = "ARGO_EXPORTER_POLL_CONCURRENCY",
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u16).range(1..=256)
+    )]
+    pub concurrency: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct WebArgs {
+    /// Address to serve metrics on: HOST:PORT, or :PORT for every interface.
+    #[arg(
+        long = "web.listen-address",
+        value_name = "ADDRESS",
+        env = "ARGO_EXPORTER_WEB_LISTEN_ADDRESS",
+        default_value = DEFAULT_LISTEN_ADDRESS
+    )]
+    pub listen_address: String,
+
+    /// Path under which metrics are served.
+    #[arg(
+        long = "web.telemetry-path",
+        value_name = "PATH",
+        env = "ARGO_EXPORTER_WEB_TELEMETRY_PATH",
+        default_value = "/metrics"
+    )]
+    pub telemetry_path: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Only log messages with this severity or above.
+    #[arg(
+        long = "log.level",
+        value_name = "LEVEL",
+        env = "ARGO_EXPORTER_LOG_LEVEL",
+        default_value = "info"
+    )]
+    pub level: LogLevel,
+
+    /// Output format of log lines (written to standard error).
+    #[arg(
+        long = "log.format",
+        value_name = "FORMAT",
+        env = "ARGO_EXPORTER_LOG_FORMAT",
+        default_value = "logfmt"
+    )]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub poll: PollArgs,
+
+    #[command(flatten)]
+    pub web: WebArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Number of zones to simulate. Zone N (counting from 1) has the ID
+    /// `printf '%032x' N` and the name zone-N.example.com.
+    #[arg(long = "zones", value_name = "N", default_value_t = 100)]
+    pub zones: u32,
+
+    /// Address the simulator listens on.
+    #[arg(
+        long = "web.listen-address",
+        value_name = "ADDRESS",
+        default_value = "127.0.0.1:9833"
+    )]
+    pub listen_address: String,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|err| err.to_string())?;
+    if duration.is_zero() {
+        return Err("must be longer than zero".to_owned());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_with_defaults() {
+        let cli = Cli::try_parse_from(["cloudflare-argo-exporter"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.exporter.poll.interval, Duration::from_secs(60));
+        assert_eq!(cli.exporter.poll.concurrency, 8);
+        assert_eq!(cli.exporter.timeout, Duration::from_secs(10));
+        assert_eq!(cli.exporter.web.listen_address, ":9832");
+        assert_eq!(cli.exporter.web.telemetry_path, "/metrics");
+        assert_eq!(cli.exporter.log.format, LogFormat::Logfmt);
+    }
+
+    #[test]
+    fn zone_flag_repeats_and_splits_on_commas() {
+        let a = "0123456789abcdef0123456789abcdef";
+        let b = "fedcba9876543210fedcba9876543210";
+        let cli = Cli::try_parse_from([
+            "cloudflare-argo-exporter",
+            "--zone",
+            a,
+            "--zone",
+            &format!("{b},{a}"),
+        ])
+        .unwrap();
+        let zones: Vec<&str> = cli.exporter.zones.iter().map(ZoneId::as_str).collect();
+        assert_eq!(zones, [a, b, a]);
+    }
+
+    #[test]
+    fn bad_zone_id_is_refused_naming_the_value() {
+        let err = Cli::try_parse_from(["cloudflare-argo-exporter", "--zone", "example.com"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("example.com"), "{err}");
+        assert!(err.contains("--zone"), "{err}");
+    }
+
+    #[test]
+    fn zero_interval_is_refused() {
+        let err = Cli::try_parse_from(["cloudflare-argo-exporter", "--poll.interval", "0s"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--poll.interval"), "{err}");
+    }
+
+    #[test]
+    fn exporter_flags_do_not_mix_with_subcommands() {
+        let zone = "0123456789abcdef0123456789abcdef";
+        assert!(Cli::try_parse_from(["cloudflare-argo-exporter", "--zone", zone, "demo"]).is_err());
+    }
+}

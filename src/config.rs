@@ -1,0 +1,479 @@
+//! The validated configuration of the exporter, built once from the raw flags
+//! and the environment. Everything after start-up works with these types only.
+
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::Url;
+
+use crate::cli::{ExporterArgs, LogArgs, LogFormat, LogLevel, PollArgs, WebArgs};
+
+/// Base URL of the real Cloudflare v4 API.
+pub const DEFAULT_API_URL: &str = "https://api.cloudflare.com/client/v4";
+
+/// A Cloudflare zone identifier: exactly 32 lowercase hexadecimal characters.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ZoneId(String);
+
+impl ZoneId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for ZoneId {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let well_formed = text.len() == 32
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if well_formed {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(format!(
+                "zone ID {text:?} is not 32 lowercase hexadecimal characters"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for ZoneId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ZoneId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ZoneId({})", self.0)
+    }
+}
+
+/// How requests authenticate to Cloudflare. `Debug` never shows the secret.
+#[derive(Debug)]
+pub enum Credentials {
+    /// An API token, sent as `Authorization: Bearer`.
+    Token(SecretString),
+    /// The legacy global API key, sent as `X-Auth-Email` and `X-Auth-Key`.
+    GlobalKey { email: String, key: SecretString },
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub zones: Vec<ZoneId>,
+    pub api: ApiConfig,
+    pub poll: PollConfig,
+    pub web: WebConfig,
+}
+
+#[derive(Debug)]
+pub struct ApiConfig {
+    pub base_url: Url,
+    pub credentials: Credentials,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PollConfig {
+    pub interval: Duration,
+    pub concurrency: NonZeroUsize,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// Where to listen, in a form `tokio::net::TcpListener::bind` accepts.
+    pub listen_address: String,
+    pub telemetry_path: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LogConfig {
+    pub level: LogLevel,
+    pub format: LogFormat,
+}
+
+impl From<&PollArgs> for PollConfig {
+    fn from(args: &PollArgs) -> Self {
+        Self {
+            interval: args.interval,
+            // The flag's parser keeps the value from 1 to 256.
+            concurrency: NonZeroUsize::new(usize::from(args.concurrency))
+                .unwrap_or(NonZeroUsize::MIN),
+        }
+    }
+}
+
+impl From<&LogArgs> for LogConfig {
+    fn from(args: &LogArgs) -> Self {
+        Self {
+            level: args.level,
+            format: args.format,
+        }
+    }
+}
+
+/// A configuration problem found at start-up. Each message names the flag or
+/// environment variable to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no zones to watch: give --zone ID (or ARGO_EXPORTER_ZONES)")]
+    NoZones,
+    #[error(
+        "no Cloudflare credentials: set CLOUDFLARE_API_TOKEN, --cloudflare.api-token-file, \
+         or CLOUDFLARE_EMAIL with CLOUDFLARE_API_KEY"
+    )]
+    NoCredentials,
+    #[error("{0}")]
+    ConflictingCredentials(&'static str),
+    #[error("CLOUDFLARE_EMAIL and CLOUDFLARE_API_KEY go together: {missing} is not set")]
+    IncompleteGlobalKey { missing: &'static str },
+    #[error("--cloudflare.api-token-file: cannot read {path}: {source}")]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin} is empty")]
+    EmptySecret { origin: String },
+    #[error("--cloudflare.api-url: {url:?} is not an http(s) URL: {reason}")]
+    ApiUrl { url: String, reason: String },
+    #[error("--web.listen-address: {address:?} {reason}")]
+    ListenAddress {
+        address: String,
+        reason: &'static str,
+    },
+    #[error(
+        "--web.telemetry-path: {path:?} must start with '/' and not be one of / /healthz /readyz"
+    )]
+    TelemetryPath { path: String },
+}
+
+impl Config {
+    /// Validates the exporter flags. `env` looks up an environment variable;
+    /// it is a parameter so tests need not change the process environment.
+    pub fn from_args(
+        args: &ExporterArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        if args.zones.is_empty() {
+            return Err(ConfigError::NoZones);
+        }
+        let mut zones = args.zones.clone();
+        zones.sort();
+        zones.dedup();
+
+        Ok(Self {
+            zones,
+            api: ApiConfig {
+                base_url: parse_api_url(&args.api_url)?,
+                credentials: credentials_from(args.api_token_file.as_deref(), env)?,
+                timeout: args.timeout,
+            },
+            poll: PollConfig::from(&args.poll),
+            web: WebConfig::from_args(&args.web)?,
+        })
+    }
+}
+
+impl WebConfig {
+    pub fn from_args(args: &WebArgs) -> Result<Self, ConfigError> {
+        Ok(Self {
+            listen_address: parse_listen_address(&args.listen_address)?,
+            telemetry_path: parse_telemetry_path(&args.telemetry_path)?,
+        })
+    }
+}
+
+fn credentials_from(
+    token_file: Option<&std::path::Path>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Credentials, ConfigError> {
+    let token_env = env("CLOUDFLARE_API_TOKEN").filter(|value| !value.is_empty());
+    let email = env("CLOUDFLARE_EMAIL").filter(|value| !value.is_empty());
+    let key = env("CLOUDFLARE_API_KEY").filter(|value| !value.is_empty());
+
+    let token = match (token_env, token_file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::ConflictingCredentials(
+                "CLOUDFLARE_API_TOKEN and --cloudflare.api-token-file are both set: keep one",
+            ))
+        }
+        (Some(token), None) => Some(secret(token, "CLOUDFLARE_API_TOKEN")?),
+        (None, Some(path)) => Some(read_token_file(path)?),
+        (None, None) => None,
+    };
+
+    match (token, email, key) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(ConfigError::ConflictingCredentials(
+            "an API token and CLOUDFLARE_EMAIL/CLOUDFLARE_API_KEY are both set: keep one",
+        )),
+        (Some(token), None, None) => Ok(Credentials::Token(token)),
+        (None, Some(email), Some(key)) => Ok(Credentials::GlobalKey {
+            email,
+            key: secret(key, "CLOUDFLARE_API_KEY")?,
+        }),
+        (None, Some(_), None) => Err(ConfigError::IncompleteGlobalKey {
+            missing: "CLOUDFLARE_API_KEY",
+        }),
+        (None, None, Some(_)) => Err(ConfigError::IncompleteGlobalKey {
+            missing: "CLOUDFLARE_EMAIL",
+        }),
+        (None, None, None) => Err(ConfigError::NoCredentials),
+    }
+}
+
+fn read_token_file(path: &std::path::Path) -> Result<SecretString, ConfigError> {
+    let contents = std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let token = contents.trim_end_matches(['\n', '\r']).to_owned();
+    secret(token, &format!("token file {}", path.display()))
+}
+
+fn secret(value: String, origin: &str) -> Result<SecretString, ConfigError> {
+    if value.trim().is_empty() {
+        return Err(ConfigError::EmptySecret {
+            origin: origin.to_owned(),
+        });
+    }
+    Ok(SecretString::from(value))
+}
+
+fn parse_api_url(text: &str) -> Result<Url, ConfigError> {
+    let invalid = |reason: String| ConfigError::ApiUrl {
+        url: text.to_owned(),
+        reason,
+    };
+    let mut url = Url::parse(text).map_err(|err| invalid(err.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!(
+            "scheme {:?} is not supported",
+            url.scheme()
+        )));
+    }
+    if url.cannot_be_a_base() || url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("it must be a plain base URL".to_owned()));
+    }
+    // Path segments are appended to the base later, which needs a trailing slash.
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+/// Accepts `HOST:PORT`, `[V6]:PORT`, or `:PORT` (all interfaces, as in the Go
+/// exporters), and returns an address `TcpListener::bind` understands.
+fn parse_listen_address(text: &str) -> Result<String, ConfigError> {
+    let invalid = |reason| ConfigError::ListenAddress {
+        address: text.to_owned(),
+        reason,
+    };
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("has no port (expected HOST:PORT or :PORT)"))?;
+    port.parse::<u16>()
+        .map_err(|_| invalid("does not end in a port number from 0 to 65535"))?;
+    if host.is_empty() {
+        return Ok(format!("0.0.0.0:{port}"));
+    }
+    Ok(text.to_owned())
+}
+
+fn parse_telemetry_path(path: &str) -> Result<String, ConfigError> {
+    let reserved = ["/", "/healthz", "/readyz"];
+    if !path.starts_with('/') || reserved.contains(&path) {
+        return Err(ConfigError::TelemetryPath {
+            path: path.to_owned(),
+        });
+    }
+    Ok(path.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::io::Write;
+
+    use clap::Parser;
+    use secrecy::ExposeSecret;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    const ZONE: &str = "0123456789abcdef0123456789abcdef";
+
+    fn args(extra: &[&str]) -> ExporterArgs {
+        let mut argv = vec!["cloudflare-argo-exporter", "--zone", ZONE];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().exporter
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn zone_ids_must_be_32_lowercase_hex() {
+        assert!(ZONE.parse::<ZoneId>().is_ok());
+        for bad in [
+            "",
+            "0123456789ABCDEF0123456789ABCDEF",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdeff",
+            "0123456789abcdef0123456789abcdeg",
+            "example.com",
+        ] {
+            let err = bad.parse::<ZoneId>().unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn token_from_environment() {
+        let config =
+            Config::from_args(&args(&[]), env_of(&[("CLOUDFLARE_API_TOKEN", "tok-123")])).unwrap();
+        match &config.api.credentials {
+            Credentials::Token(token) => assert_eq!(token.expose_secret(), "tok-123"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            config.api.base_url.as_str(),
+            "https://api.cloudflare.com/client/v4/"
+        );
+    }
+
+    #[test]
+    fn token_file_has_trailing_newline_trimmed() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "tok-from-file").unwrap();
+        let path = file.path().to_str().unwrap();
+        let config =
+            Config::from_args(&args(&["--cloudflare.api-token-file", path]), env_of(&[])).unwrap();
+        match &config.api.credentials {
+            Credentials::Token(token) => assert_eq!(token.expose_secret(), "tok-from-file"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_token_file_names_the_flag() {
+        let err = Config::from_args(
+            &args(&["--cloudflare.api-token-file", "/nonexistent/token"]),
+            env_of(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("--cloudflare.api-token-file"), "{err}");
+    }
+
+    #[test]
+    fn global_key_pair() {
+        let env = env_of(&[
+            ("CLOUDFLARE_EMAIL", "ops@example.com"),
+            ("CLOUDFLARE_API_KEY", "key-456"),
+        ]);
+        let config = Config::from_args(&args(&[]), env).unwrap();
+        match &config.api.credentials {
+            Credentials::GlobalKey { email, key } => {
+                assert_eq!(email, "ops@example.com");
+                assert_eq!(key.expose_secret(), "key-456");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn credential_mistakes_are_named() {
+        let cases: [(&[(&str, &str)], &str); 4] = [
+            (&[], "no Cloudflare credentials"),
+            (
+                &[("CLOUDFLARE_EMAIL", "a@b.c")],
+                "CLOUDFLARE_API_KEY is not set",
+            ),
+            (
+                &[("CLOUDFLARE_API_KEY", "k")],
+                "CLOUDFLARE_EMAIL is not set",
+            ),
+            (
+                &[("CLOUDFLARE_API_TOKEN", "t"), ("CLOUDFLARE_API_KEY", "k")],
+                "both set",
+            ),
+        ];
+        for (env, expected) in cases {
+            let err = Config::from_args(&args(&[]), env_of(env))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{env:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let config = Config::from_args(
+            &args(&[]),
+            env_of(&[("CLOUDFLARE_API_TOKEN", "super-secret-token")]),
+        )
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("super-secret-token"), "{debug}");
+
+        let env = env_of(&[
+            ("CLOUDFLARE_EMAIL", "ops@example.com"),
+            ("CLOUDFLARE_API_KEY", "super-secret-key"),
+        ]);
+        let debug = format!("{:?}", Config::from_args(&args(&[]), env).unwrap());
+        assert!(!debug.contains("super-secret-key"), "{debug}");
+    }
+
+    #[test]
+    fn duplicate_zones_are_polled_once() {
+        let config = Config::from_args(
+            &args(&["--zone", ZONE]),
+            env_of(&[("CLOUDFLARE_API_TOKEN", "t")]),
+        )
+        .unwrap();
+        assert_eq!(config.zones.len(), 1);
+    }
+
+    #[test]
+    fn listen_address_forms() {
+        assert_eq!(parse_listen_address(":9832").unwrap(), "0.0.0.0:9832");
+        assert_eq!(parse_listen_address("127.0.0.1:0").unwrap(), "127.0.0.1:0");
+        assert_eq!(parse_listen_address("[::1]:9832").unwrap(), "[::1]:9832");
+        assert!(parse_listen_address("9832").is_err());
+        assert!(parse_listen_address("localhost:http").is_err());
+        assert!(parse_listen_address(":70000").is_err());
+    }
+
+    #[test]
+    fn api_url_gets_a_trailing_slash_and_must_be_http() {
+        assert_eq!(
+            parse_api_url("http://127.0.0.1:8080/client/v4")
+                .unwrap()
+                .as_str(),
+            "http://127.0.0.1:8080/client/v4/"
+        );
+        assert!(parse_api_url("ftp://example.com").is_err());
+        assert!(parse_api_url("not a url").is_err());
+    }
+
+    #[test]
+    fn telemetry_path_must_not_shadow_other_endpoints() {
+        assert!(parse_telemetry_path("/metrics").is_ok());
+        assert!(parse_telemetry_path("/probe/metrics").is_ok());
+        for bad in ["metrics", "/", "/healthz", "/readyz"] {
+            assert!(parse_telemetry_path(bad).is_err(), "{bad}");
+        }
+    }
+}

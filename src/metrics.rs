@@ -1,0 +1,396 @@
+//! Every metric the exporter serves, registered in one `Registry` that the
+//! HTTP server encodes on each scrape. Nothing here calls Cloudflare: the
+//! values are whatever the poller last stored.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::cloudflare::{Endpoint, ErrorKind};
+
+/// Request latency buckets: Cloudflare usually answers in 50-500 ms; the top
+/// buckets catch requests that ran into the default 10 s timeout.
+const REQUEST_DURATION_BUCKETS: &[f64] = &[0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// A poll cycle takes from well under a second to about the poll interval.
+const CYCLE_DURATION_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+
+/// The registry and the handles of every metric in it.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub api: ApiMetrics,
+    pub zones: ZoneMetrics,
+    pub poll: PollMetrics,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let metrics = Self {
+            api: ApiMetrics::register(&registry)?,
+            zones: ZoneMetrics::register(&registry)?,
+            poll: PollMetrics::register(&registry)?,
+            registry,
+        };
+        register_build_info(&metrics.registry)?;
+        #[cfg(target_os = "linux")]
+        metrics.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(metrics)
+    }
+
+    /// Encodes every metric in the text exposition format.
+    pub fn encode(&self) -> Result<Vec<u8>, prometheus::Error> {
+        let families = self.registry.gather();
+        let mut buffer = Vec::with_capacity(16 * 1024);
+        TextEncoder::new().encode(&families, &mut buffer)?;
+        Ok(buffer)
+    }
+}
+
+fn register_build_info(registry: &Registry) -> prometheus::Result<()> {
+    let build_info = IntGaugeVec::new(
+        Opts::new(
+            "argo_exporter_build_info",
+            "A metric with a constant '1' value labeled by the version of the exporter.",
+        ),
+        &["version"],
+    )?;
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    registry.register(Box::new(build_info))
+}
+
+/// Counters and timings of Cloudflare API requests.
+#[derive(Clone)]
+pub struct ApiMetrics {
+    requests: IntCounterVec,
+    errors: IntCounterVec,
+    duration: HistogramVec,
+}
+
+impl ApiMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "argo_api_requests_total",
+                "Cloudflare API requests made, by endpoint and HTTP status code \
+                 (code=\"none\" when no answer arrived).",
+            ),
+            &["endpoint", "code"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "argo_api_errors_total",
+                "Failed Cloudflare API requests, by endpoint and kind of failure.",
+            ),
+            &["endpoint", "kind"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "argo_api_request_duration_seconds",
+                "Time from sending a Cloudflare API request to having read its answer.",
+            )
+            .buckets(REQUEST_DURATION_BUCKETS.to_vec()),
+            &["endpoint"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+
+        // Start every error series at zero so rate() and alerts see the first error.
+        for endpoint in [Endpoint::SmartRouting, Endpoint::Zone] {
+            for kind in ErrorKind::ALL {
+                errors.with_label_values(&[endpoint.as_str(), kind.as_str()]);
+            }
+        }
+        Ok(Self {
+            requests,
+            errors,
+            duration,
+        })
+    }
+
+    /// Records one request. `status` is `None` when no HTTP answer arrived.
+    pub fn observe_request(&self, endpoint: Endpoint, status: Option<u16>, seconds: f64) {
+        let code = status.map_or_else(|| "none".to_owned(), |s| s.to_string());
+        self.requests
+            .with_label_values(&[endpoint.as_str(), &code])
+            .inc();
+        self.duration
+            .with_label_values(&[endpoint.as_str()])
+            .observe(seconds);
+    }
+
+    pub fn observe_error(&self, endpoint: Endpoint, kind: ErrorKind) {
+        self.errors
+            .with_label_values(&[endpoint.as_str(), kind.as_str()])
+            .inc();
+    }
+}
+
+/// The zone's identity as it appears in labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneLabels {
+    pub id: String,
+    /// Empty until the zone's name has been looked up.
+    pub name: String,
+}
+
+impl ZoneLabels {
+    fn values(&self) -> [&str; 2] {
+        [&self.id, &self.name]
+    }
+}
+
+/// What the last poll of each zone found.
+#[derive(Clone)]
+pub struct ZoneMetrics {
+    enabled: IntGaugeVec,
+    editable: IntGaugeVec,
+    last_modified: GaugeVec,
+    poll_success: IntGaugeVec,
+    last_success: GaugeVec,
+}
+
+const ZONE_LABELS: &[&str] = &["zone_id", "zone_name"];
+
+impl ZoneMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let int_gauge = |name: &str, help: &str| {
+            let gauge = IntGaugeVec::new(Opts::new(name, help), ZONE_LABELS)?;
+            registry.register(Box::new(gauge.clone()))?;
+            Ok::<_, prometheus::Error>(gauge)
+        };
+        let gauge = |name: &str, help: &str| {
+            let gauge = GaugeVec::new(Opts::new(name, help), ZONE_LABELS)?;
+            registry.register(Box::new(gauge.clone()))?;
+            Ok::<_, prometheus::Error>(gauge)
+        };
+        Ok(Self {
+            enabled: int_gauge(
+                "argo_enabled",
+                "1 if Argo Smart Routing is on for the zone, 0 if off, as of the last \
+                 successful poll.",
+            )?,
+            editable: int_gauge(
+                "argo_editable",
+                "1 if the Argo Smart Routing setting can be changed through the API, as of \
+                 the last successful poll.",
+            )?,
+            last_modified: gauge(
+                "argo_last_modified_timestamp",
+                "Unix time in seconds of the last change to Argo Smart Routing, as of the \
+                 last successful poll; absent when Cloudflare does not say.",
+            )?,
+            poll_success: int_gauge(
+                "argo_zone_poll_success",
+                "1 if the last poll of the zone succeeded, 0 if it failed.",
+            )?,
+            last_success: gauge(
+                "argo_zone_last_success_timestamp_seconds",
+                "Unix time in seconds of the last successful poll of the zone.",
+            )?,
+        })
+    }
+
+    /// Stores what a successful poll read.
+    pub fn record_success(
+        &self,
+        zone: &ZoneLabels,
+        enabled: bool,
+        editable: bool,
+        modified_on: Option<f64>,
+        now: f64,
+    ) {
+        let labels = zone.values();
+        self.enabled
+            .with_label_values(&labels)
+            .set(i64::from(enabled));
+        self.editable
+            .with_label_values(&labels)
+            .set(i64::from(editable));
+        match modified_on {
+            Some(at) => self.last_modified.with_label_values(&labels).set(at),
+            None => {
+                // The series goes away while Cloudflare omits the time; an
+                // error here only means there was no series to remove.
+                let _ = self.last_modified.remove_label_values(&labels);
+            }
+        }
+        self.poll_success.with_label_values(&labels).set(1);
+        self.last_success.with_label_values(&labels).set(now);
+    }
+
+    /// Marks the last poll as failed. The last good values stay as they were.
+    pub fn record_failure(&self, zone: &ZoneLabels) {
+        self.poll_success.with_label_values(&zone.values()).set(0);
+    }
+
+    /// Removes every series of the zone, e.g. before its labels change.
+    pub fn forget(&self, zone: &ZoneLabels) {
+        let labels = zone.values();
+        // Each removal fails harmlessly when the series was never set.
+        let _ = self.enabled.remove_label_values(&labels);
+        let _ = self.editable.remove_label_values(&labels);
+        let _ = self.last_modified.remove_label_values(&labels);
+        let _ = self.poll_success.remove_label_values(&labels);
+        let _ = self.last_success.remove_label_values(&labels);
+    }
+
+    /// Moves a zone's series to new labels, keeping their values.
+    pub fn relabel(&self, from: &ZoneLabels, to: &ZoneLabels) {
+        let (old, new) = (from.values(), to.values());
+        for vec in [&self.enabled, &self.editable, &self.poll_success] {
+            if let Ok(gauge) = vec.get_metric_with_label_values(&old) {
+                vec.with_label_values(&new).set(gauge.get());
+            }
+        }
+        for vec in [&self.last_modified, &self.last_success] {
+            if let Ok(gauge) = vec.get_metric_with_label_values(&old) {
+                vec.with_label_values(&new).set(gauge.get());
+            }
+        }
+        self.forget(from);
+    }
+}
+
+/// The health of the polling loop itself.
+#[derive(Clone)]
+pub struct PollMetrics {
+    pub cycles: IntCounter,
+    pub overruns: IntCounter,
+    pub cycle_duration: Histogram,
+    pub last_cycle_end: Gauge,
+    zones: IntGaugeVec,
+}
+
+impl PollMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let cycles = IntCounter::new(
+            "argo_poll_cycles_total",
+            "Poll cycles completed; each cycle polls every zone once.",
+        )?;
+        let overruns = IntCounter::new(
+            "argo_poll_cycle_overruns_total",
+            "Poll cycles that took longer than the poll interval, delaying the next one.",
+        )?;
+        let cycle_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "argo_poll_cycle_duration_seconds",
+                "Time one poll cycle took to poll every zone.",
+            )
+            .buckets(CYCLE_DURATION_BUCKETS.to_vec()),
+        )?;
+        let last_cycle_end = Gauge::new(
+            "argo_last_poll_cycle_timestamp_seconds",
+            "Unix time in seconds when the last poll cycle finished.",
+        )?;
+        let zones = IntGaugeVec::new(
+            Opts::new(
+                "argo_zones",
+                "Zones being watched, by where they came from.",
+            ),
+            &["source"],
+        )?;
+        registry.register(Box::new(cycles.clone()))?;
+        registry.register(Box::new(overruns.clone()))?;
+        registry.register(Box::new(cycle_duration.clone()))?;
+        registry.register(Box::new(last_cycle_end.clone()))?;
+        registry.register(Box::new(zones.clone()))?;
+        Ok(Self {
+            cycles,
+            overruns,
+            cycle_duration,
+            last_cycle_end,
+            zones,
+        })
+    }
+
+    pub fn set_zone_count(&self, source: &str, count: usize) {
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        self.zones.with_label_values(&[source]).set(count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(metrics: &Metrics) -> String {
+        String::from_utf8(metrics.encode().unwrap()).unwrap()
+    }
+
+    fn zone(name: &str) -> ZoneLabels {
+        ZoneLabels {
+            id: "0123456789abcdef0123456789abcdef".to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    #[test]
+    fn success_then_failure_keeps_the_last_good_values() {
+        let metrics = Metrics::new().unwrap();
+        let z = zone("example.com");
+        metrics
+            .zones
+            .record_success(&z, true, false, Some(1_704_974_400.5), 1_800_000_000.0);
+        metrics.zones.record_failure(&z);
+
+        let text = text(&metrics);
+        let labels = r#"{zone_id="0123456789abcdef0123456789abcdef",zone_name="example.com"}"#;
+        for line in [
+            format!("argo_enabled{labels} 1"),
+            format!("argo_editable{labels} 0"),
+            format!("argo_last_modified_timestamp{labels} 1704974400.5"),
+            format!("argo_zone_poll_success{labels} 0"),
+            format!("argo_zone_last_success_timestamp_seconds{labels} 1800000000"),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_modified_on_removes_its_series() {
+        let metrics = Metrics::new().unwrap();
+        let z = zone("example.com");
+        metrics.zones.record_success(&z, true, true, Some(1.0), 2.0);
+        metrics.zones.record_success(&z, true, true, None, 3.0);
+        assert!(!text(&metrics).contains("argo_last_modified_timestamp{"));
+    }
+
+    #[test]
+    fn relabel_moves_values_to_the_new_name() {
+        let metrics = Metrics::new().unwrap();
+        let (unnamed, named) = (zone(""), zone("example.com"));
+        metrics
+            .zones
+            .record_success(&unnamed, false, true, None, 5.0);
+        metrics.zones.relabel(&unnamed, &named);
+
+        let text = text(&metrics);
+        assert!(!text.contains(r#"zone_name="""#), "{text}");
+        assert!(text.contains(
+            r#"argo_enabled{zone_id="0123456789abcdef0123456789abcdef",zone_name="example.com"} 0"#
+        ));
+    }
+
+    #[test]
+    fn error_counters_start_at_zero_and_build_info_is_set() {
+        let text = text(&Metrics::new().unwrap());
+        assert!(
+            text.contains(r#"argo_api_errors_total{endpoint="smart_routing",kind="timeout"} 0"#)
+        );
+        assert!(text.contains(&format!(
+            "argo_exporter_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+}
