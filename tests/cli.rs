@@ -1,0 +1,196 @@
+//! The binary as an operator meets it: exit codes and messages for bad
+//! configuration, log output, secrets kept out of it, and clean shutdown.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{failure_body, ZONE_A};
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_cloudflare-argo-exporter");
+
+/// The binary with a clean environment, so the caller's variables cannot leak in.
+fn exporter(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BINARY);
+    command.args(args).env_clear().envs(env.iter().copied());
+    command
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    exporter(args, env).output().expect("binary runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn assert_usage_error(output: &Output, mentions: &[&str]) {
+    let text = stderr(output);
+    assert_eq!(output.status.code(), Some(64), "stderr: {text}");
+    assert_eq!(text.trim_end().lines().count(), 1, "one line expected: {text}");
+    for needle in mentions {
+        assert!(text.contains(needle), "{needle:?} missing from: {text}");
+    }
+}
+
+#[test]
+fn malformed_zone_flag_exits_64_naming_the_value() {
+    let output = run(&["--zone", "not-a-zone"], &[("CLOUDFLARE_API_TOKEN", "t")]);
+    assert_usage_error(&output, &["--zone", "not-a-zone"]);
+}
+
+#[test]
+fn malformed_zone_variable_exits_64_naming_the_value() {
+    let zones = format!("{ZONE_A},EXAMPLE");
+    let output = run(&[], &[("ARGO_EXPORTER_ZONES", &zones), ("CLOUDFLARE_API_TOKEN", "t")]);
+    assert_usage_error(&output, &["EXAMPLE"]);
+}
+
+#[test]
+fn missing_credentials_exit_64_naming_the_variables() {
+    let output = run(&["--zone", ZONE_A], &[]);
+    assert_usage_error(&output, &["CLOUDFLARE_API_TOKEN", "CLOUDFLARE_API_KEY"]);
+}
+
+#[test]
+fn missing_zones_exit_64() {
+    let output = run(&[], &[("CLOUDFLARE_API_TOKEN", "t")]);
+    assert_usage_error(&output, &["--zone", "ARGO_EXPORTER_ZONES"]);
+}
+
+#[test]
+fn bad_durations_and_numbers_exit_64_naming_the_flag() {
+    let env = [("CLOUDFLARE_API_TOKEN", "t")];
+    for (flag, value) in [
+        ("--poll.interval", "soon"),
+        ("--poll.interval", "0s"),
+        ("--cloudflare.timeout", "-1s"),
+        ("--poll.concurrency", "0"),
+        ("--log.format", "xml"),
+        ("--web.listen-address", "9832"),
+        ("--web.telemetry-path", "metrics"),
+        ("--cloudflare.api-url", "ftp://example.com"),
+    ] {
+        let output = run(&["--zone", ZONE_A, &format!("{flag}={value}")], &env);
+        assert_usage_error(&output, &[flag]);
+    }
+}
+
+#[test]
+fn help_exits_zero_and_lists_the_environment_variables() {
+    let output = run(&["--help"], &[]);
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&output.stdout);
+    for text in ["--web.listen-address", "ARGO_EXPORTER_ZONES", "CLOUDFLARE_API_URL", "demo"] {
+        assert!(help.contains(text), "{text} missing from help");
+    }
+}
+
+#[test]
+fn a_busy_port_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let output = run(
+        &["--zone", ZONE_A, "--web.listen-address", &address],
+        &[("CLOUDFLARE_API_TOKEN", "t")],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("--web.listen-address"), "{}", stderr(&output));
+}
+
+/// Runs the exporter against an API that refuses everything, at debug level,
+/// for a few poll cycles, then stops it with SIGTERM.
+async fn logs_of_a_refused_run(format: &str, env: &[(&str, &str)]) -> Output {
+    let api = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(403).set_body_json(failure_body(10000, "Authentication error")),
+        )
+        .mount(&api)
+        .await;
+
+    let mut env = env.to_vec();
+    let url = api.uri();
+    env.push(("CLOUDFLARE_API_URL", &url));
+    let child = exporter(
+        &[
+            "--zone",
+            ZONE_A,
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--poll.interval",
+            "100ms",
+            "--log.level",
+            "debug",
+            "--log.format",
+            format,
+        ],
+        &env,
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("binary starts");
+
+    common::eventually("a few polls", || async {
+        api.received_requests().await.unwrap_or_default().len() >= 4
+    })
+    .await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    output
+}
+
+#[tokio::test]
+async fn secrets_never_reach_the_logs() {
+    let token = "tok-SHOULD-NEVER-BE-LOGGED";
+    let output = logs_of_a_refused_run("logfmt", &[("CLOUDFLARE_API_TOKEN", token)]).await;
+    let logs = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{logs}");
+    assert!(logs.contains("Authentication error"), "{logs}");
+    assert!(!logs.contains(token), "the token was logged:\n{logs}");
+
+    let key = "key-SHOULD-NEVER-BE-LOGGED";
+    let env = [("CLOUDFLARE_EMAIL", "ops@example.com"), ("CLOUDFLARE_API_KEY", key)];
+    let logs = stderr(&logs_of_a_refused_run("logfmt", &env).await);
+    assert!(!logs.contains(key), "the key was logged:\n{logs}");
+}
+
+#[tokio::test]
+async fn a_failing_zone_is_warned_about_once() {
+    let output = logs_of_a_refused_run("logfmt", &[("CLOUDFLARE_API_TOKEN", "t")]).await;
+    let logs = stderr(&output);
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("level=warn") && l.contains("poll failed"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{logs}");
+    let line = warnings[0];
+    for field in [&format!("zone_id={ZONE_A}"), "kind=auth", "cloudflare_code=10000"] {
+        assert!(line.contains(field), "{field} missing from {line}");
+    }
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let output = logs_of_a_refused_run("json", &[("CLOUDFLARE_API_TOKEN", "t")]).await;
+    let logs = stderr(&output);
+    let mut lines = 0;
+    for line in logs.lines() {
+        let entry: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert!(entry.get("level").is_some() && entry.get("message").is_some(), "{line}");
+        lines += 1;
+    }
+    assert!(lines >= 2, "{logs}");
+}

@@ -1,0 +1,214 @@
+//! Helpers shared by the integration tests: start the exporter on port 0
+//! against a stand-in API, scrape it and read the exposition with a parser.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use cloudflare_argo_exporter::config::{
+    ApiConfig, Config, Credentials, PollConfig, WebConfig, ZoneId,
+};
+use prometheus_parse::{Sample, Scrape, Value};
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const TOKEN: &str = "test-token-7f3a9c";
+pub const ZONE_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+pub const ZONE_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+/// How long a test waits for something the exporter should do within a poll
+/// or two. Generous because CI machines are shared; it bounds a hang, it is
+/// not a performance assertion.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+pub fn zone(id: &str) -> ZoneId {
+    id.parse().expect("test zone IDs are valid")
+}
+
+/// A configuration polling `zones` at `api_url` every `interval`.
+pub fn config(api_url: &str, zones: &[&str], interval: Duration) -> Config {
+    Config {
+        zones: zones.iter().map(|id| zone(id)).collect(),
+        api: ApiConfig {
+            base_url: format!("{}/", api_url.trim_end_matches('/'))
+                .parse()
+                .expect("test API URL is valid"),
+            credentials: Credentials::Token(SecretString::from(TOKEN)),
+            timeout: Duration::from_secs(2),
+        },
+        poll: PollConfig {
+            interval,
+            concurrency: NonZeroUsize::new(4).expect("4 is not zero"),
+        },
+        web: WebConfig {
+            listen_address: "127.0.0.1:0".to_owned(),
+            telemetry_path: "/metrics".to_owned(),
+        },
+    }
+}
+
+/// A running exporter; dropping it without `stop` leaves the task to die with the runtime.
+pub struct Exporter {
+    pub address: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), cloudflare_argo_exporter::Error>>,
+}
+
+impl Exporter {
+    pub async fn start(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let address = listener.local_addr().expect("local address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let task = tokio::spawn(cloudflare_argo_exporter::run(config, listener, shutdown));
+        Self {
+            address,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        reqwest::get(self.url(path)).await.expect("exporter answers")
+    }
+
+    pub async fn scrape_text(&self) -> String {
+        let response = self.get("/metrics").await;
+        assert_eq!(response.status(), 200);
+        response.text().await.expect("metrics body")
+    }
+
+    pub async fn scrape(&self) -> Metrics {
+        Metrics::parse(&self.scrape_text().await)
+    }
+
+    /// Scrapes until `ready` holds, panicking with the last scrape if it never does.
+    pub async fn scrape_until(&self, what: &str, ready: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let metrics = self.scrape().await;
+            if ready(&metrics) {
+                return metrics;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("gave up waiting for {what}; last scrape:\n{}", metrics.text);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .expect("exporter stops after shutdown")
+            .expect("exporter task did not panic");
+        result.expect("exporter ran without error");
+    }
+}
+
+/// A parsed scrape with lookups by metric name and labels.
+pub struct Metrics {
+    pub text: String,
+    pub samples: Vec<Sample>,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Self {
+        let lines = text.lines().map(|line| Ok(line.to_owned()));
+        let scrape = Scrape::parse(lines).expect("exposition text parses");
+        Self {
+            text: text.to_owned(),
+            samples: scrape.samples,
+        }
+    }
+
+    /// The value of the one sample named `name` whose labels include `labels`.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let matching: Vec<&Sample> = self
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .collect();
+        assert!(matching.len() <= 1, "{name}{labels:?} matches {} samples", matching.len());
+        matching.first().map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(_) | Value::Summary(_) => panic!("{name} is not a single value"),
+        })
+    }
+
+    pub fn zone_value(&self, name: &str, zone_id: &str) -> Option<f64> {
+        self.value(name, &[("zone_id", zone_id)])
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.samples.iter().any(|s| s.metric == name)
+    }
+
+    pub fn errors(&self, endpoint: &str, kind: &str) -> f64 {
+        self.value("argo_api_errors_total", &[("endpoint", endpoint), ("kind", kind)])
+            .unwrap_or(0.0)
+    }
+}
+
+/// The body of a successful `GET /zones/{id}/argo/smart_routing`.
+pub fn argo_body(value: &str, editable: bool, modified_on: Option<&str>) -> serde_json::Value {
+    serde_json::json!({
+        "result": {
+            "id": "smart_routing",
+            "value": value,
+            "editable": editable,
+            "modified_on": modified_on,
+        },
+        "success": true,
+        "errors": [],
+        "messages": [],
+    })
+}
+
+/// The body of a successful `GET /zones/{id}`.
+pub fn zone_body(id: &str, name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "result": { "id": id, "name": name, "status": "active" },
+        "success": true,
+        "errors": [],
+        "messages": [],
+    })
+}
+
+/// A Cloudflare failure envelope with one error.
+pub fn failure_body(code: i64, message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "result": null,
+        "success": false,
+        "errors": [{ "code": code, "message": message }],
+        "messages": [],
+    })
+}
+
+/// Runs `check` repeatedly until it returns true, up to [`PATIENCE`].
+pub async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
