@@ -30,7 +30,11 @@ fn stderr(output: &Output) -> String {
 fn assert_usage_error(output: &Output, mentions: &[&str]) {
     let text = stderr(output);
     assert_eq!(output.status.code(), Some(64), "stderr: {text}");
-    assert_eq!(text.trim_end().lines().count(), 1, "one line expected: {text}");
+    assert_eq!(
+        text.trim_end().lines().count(),
+        1,
+        "one line expected: {text}"
+    );
     for needle in mentions {
         assert!(text.contains(needle), "{needle:?} missing from: {text}");
     }
@@ -45,7 +49,13 @@ fn malformed_zone_flag_exits_64_naming_the_value() {
 #[test]
 fn malformed_zone_variable_exits_64_naming_the_value() {
     let zones = format!("{ZONE_A},EXAMPLE");
-    let output = run(&[], &[("ARGO_EXPORTER_ZONES", &zones), ("CLOUDFLARE_API_TOKEN", "t")]);
+    let output = run(
+        &[],
+        &[
+            ("ARGO_EXPORTER_ZONES", &zones),
+            ("CLOUDFLARE_API_TOKEN", "t"),
+        ],
+    );
     assert_usage_error(&output, &["EXAMPLE"]);
 }
 
@@ -84,7 +94,12 @@ fn help_exits_zero_and_lists_the_environment_variables() {
     let output = run(&["--help"], &[]);
     assert_eq!(output.status.code(), Some(0));
     let help = String::from_utf8_lossy(&output.stdout);
-    for text in ["--web.listen-address", "ARGO_EXPORTER_ZONES", "CLOUDFLARE_API_URL", "demo"] {
+    for text in [
+        "--web.listen-address",
+        "ARGO_EXPORTER_ZONES",
+        "CLOUDFLARE_API_URL",
+        "demo",
+    ] {
         assert!(help.contains(text), "{text} missing from help");
     }
 }
@@ -98,7 +113,11 @@ fn a_busy_port_is_a_clear_error() {
         &[("CLOUDFLARE_API_TOKEN", "t")],
     );
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("--web.listen-address"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("--web.listen-address"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 /// Runs the exporter against an API that refuses everything, at debug level,
@@ -162,7 +181,10 @@ async fn secrets_never_reach_the_logs() {
     assert!(!logs.contains(token), "the token was logged:\n{logs}");
 
     let key = "key-SHOULD-NEVER-BE-LOGGED";
-    let env = [("CLOUDFLARE_EMAIL", "ops@example.com"), ("CLOUDFLARE_API_KEY", key)];
+    let env = [
+        ("CLOUDFLARE_EMAIL", "ops@example.com"),
+        ("CLOUDFLARE_API_KEY", key),
+    ];
     let logs = stderr(&logs_of_a_refused_run("logfmt", &env).await);
     assert!(!logs.contains(key), "the key was logged:\n{logs}");
 }
@@ -177,7 +199,11 @@ async fn a_failing_zone_is_warned_about_once() {
         .collect();
     assert_eq!(warnings.len(), 1, "{logs}");
     let line = warnings[0];
-    for field in [&format!("zone_id={ZONE_A}"), "kind=auth", "cloudflare_code=10000"] {
+    for field in [
+        &format!("zone_id={ZONE_A}"),
+        "kind=auth",
+        "cloudflare_code=10000",
+    ] {
         assert!(line.contains(field), "{field} missing from {line}");
     }
 }
@@ -189,7 +215,10 @@ async fn json_logs_are_one_object_per_line() {
     let mut lines = 0;
     for line in logs.lines() {
         let entry: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
-        assert!(entry.get("level").is_some() && entry.get("message").is_some(), "{line}");
+        assert!(
+            entry.get("level").is_some() && entry.get("message").is_some(),
+            "{line}"
+        );
         lines += 1;
     }
     assert!(lines >= 2, "{logs}");

@@ -16,13 +16,11 @@ fn argo_path(zone: &str) -> String {
 async fn mock_zone(server: &MockServer, id: &str, name: &str, value: &str, editable: bool) {
     Mock::given(method("GET"))
         .and(path(argo_path(id)))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(argo_body(
-                value,
-                editable,
-                Some("2024-01-11T12:00:00Z"),
-            )),
-        )
+        .respond_with(ResponseTemplate::new(200).set_body_json(argo_body(
+            value,
+            editable,
+            Some("2024-01-11T12:00:00Z"),
+        )))
         .mount(server)
         .await;
     Mock::given(method("GET"))
@@ -38,7 +36,12 @@ async fn exports_the_state_of_every_zone() {
     mock_zone(&api, ZONE_A, "a.example.com", "on", true).await;
     mock_zone(&api, ZONE_B, "b.example.com", "off", false).await;
 
-    let exporter = Exporter::start(config(&api.uri(), &[ZONE_A, ZONE_B], Duration::from_secs(60))).await;
+    let exporter = Exporter::start(config(
+        &api.uri(),
+        &[ZONE_A, ZONE_B],
+        Duration::from_secs(60),
+    ))
+    .await;
     let m = exporter
         .scrape_until("both zones", |m| {
             m.zone_value("argo_zone_poll_success", ZONE_A) == Some(1.0)
@@ -52,13 +55,26 @@ async fn exports_the_state_of_every_zone() {
     assert_eq!(m.value("argo_editable", &a), Some(1.0));
     assert_eq!(m.value("argo_enabled", &b), Some(0.0));
     assert_eq!(m.value("argo_editable", &b), Some(0.0));
-    assert_eq!(m.value("argo_last_modified_timestamp", &a), Some(1_704_974_400.0));
-    assert!(m.value("argo_zone_last_success_timestamp_seconds", &b).unwrap() > 1.7e9);
     assert_eq!(
-        m.value("argo_api_requests_total", &[("endpoint", "smart_routing"), ("code", "200")]),
+        m.value("argo_last_modified_timestamp", &a),
+        Some(1_704_974_400.0)
+    );
+    assert!(
+        m.value("argo_zone_last_success_timestamp_seconds", &b)
+            .unwrap()
+            > 1.7e9
+    );
+    assert_eq!(
+        m.value(
+            "argo_api_requests_total",
+            &[("endpoint", "smart_routing"), ("code", "200")]
+        ),
         Some(2.0)
     );
-    assert_eq!(m.value("argo_zones", &[("source", "configured")]), Some(2.0));
+    assert_eq!(
+        m.value("argo_zones", &[("source", "configured")]),
+        Some(2.0)
+    );
     assert_eq!(m.value("argo_poll_cycles_total", &[]), Some(1.0));
     assert!(m.has("argo_api_request_duration_seconds"));
     assert!(m.has("argo_exporter_build_info"));
@@ -130,15 +146,14 @@ async fn a_failed_poll_keeps_the_last_good_values() {
         .await;
     Mock::given(method("GET"))
         .and(path(argo_path(ZONE_A)))
-        .respond_with(
-            ResponseTemplate::new(502)
-                .set_body_raw("<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"),
-        )
+        .respond_with(ResponseTemplate::new(502).set_body_raw(
+            "<html><body><h1>502 Bad Gateway</h1></body></html>",
+            "text/html",
+        ))
         .mount(&api)
         .await;
 
-    let exporter =
-        Exporter::start(config(&api.uri(), &[ZONE_A], Duration::from_millis(100))).await;
+    let exporter = Exporter::start(config(&api.uri(), &[ZONE_A], Duration::from_millis(100))).await;
     let m = exporter
         .scrape_until("the poll after the good one to fail", |m| {
             m.errors("smart_routing", "http_5xx") >= 1.0
@@ -147,10 +162,18 @@ async fn a_failed_poll_keeps_the_last_good_values() {
     assert_eq!(m.zone_value("argo_zone_poll_success", ZONE_A), Some(0.0));
     assert_eq!(m.zone_value("argo_enabled", ZONE_A), Some(1.0));
     assert_eq!(m.zone_value("argo_editable", ZONE_A), Some(1.0));
-    assert_eq!(m.zone_value("argo_last_modified_timestamp", ZONE_A), Some(1_704_974_400.0));
-    assert!(m.zone_value("argo_zone_last_success_timestamp_seconds", ZONE_A).is_some());
+    assert_eq!(
+        m.zone_value("argo_last_modified_timestamp", ZONE_A),
+        Some(1_704_974_400.0)
+    );
     assert!(m
-        .value("argo_api_requests_total", &[("endpoint", "smart_routing"), ("code", "502")])
+        .zone_value("argo_zone_last_success_timestamp_seconds", ZONE_A)
+        .is_some());
+    assert!(m
+        .value(
+            "argo_api_requests_total",
+            &[("endpoint", "smart_routing"), ("code", "502")]
+        )
         .is_some());
     exporter.stop().await;
 }
@@ -159,8 +182,18 @@ async fn a_failed_poll_keeps_the_last_good_values() {
 async fn failures_are_counted_by_kind() {
     let api = MockServer::start().await;
     let cases = [
-        (ZONE_A, 403, failure_body(10000, "Authentication error"), "auth"),
-        (ZONE_B, 401, failure_body(1015, "not entitled"), "not_entitled"),
+        (
+            ZONE_A,
+            403,
+            failure_body(10000, "Authentication error"),
+            "auth",
+        ),
+        (
+            ZONE_B,
+            401,
+            failure_body(1015, "not entitled"),
+            "not_entitled",
+        ),
     ];
     for (zone, status, body, _) in &cases {
         Mock::given(method("GET"))
@@ -169,11 +202,17 @@ async fn failures_are_counted_by_kind() {
             .mount(&api)
             .await;
     }
-    let exporter =
-        Exporter::start(config(&api.uri(), &[ZONE_A, ZONE_B], Duration::from_secs(60))).await;
+    let exporter = Exporter::start(config(
+        &api.uri(),
+        &[ZONE_A, ZONE_B],
+        Duration::from_secs(60),
+    ))
+    .await;
     let m = exporter
         .scrape_until("both failures", |m| {
-            cases.iter().all(|(_, _, _, kind)| m.errors("smart_routing", kind) >= 1.0)
+            cases
+                .iter()
+                .all(|(_, _, _, kind)| m.errors("smart_routing", kind) >= 1.0)
         })
         .await;
     // A zone that never answered has no state to report, only the failed poll.
@@ -197,20 +236,31 @@ async fn a_slow_zone_does_not_hold_up_the_others() {
         .await;
     mock_zone(&api, ZONE_B, "b.example.com", "on", true).await;
 
-    let exporter =
-        Exporter::start(config(&api.uri(), &[ZONE_A, ZONE_B], Duration::from_secs(60))).await;
+    let exporter = Exporter::start(config(
+        &api.uri(),
+        &[ZONE_A, ZONE_B],
+        Duration::from_secs(60),
+    ))
+    .await;
     // B is exported while A's request is still waiting.
     let m = exporter
-        .scrape_until("zone B", |m| m.zone_value("argo_enabled", ZONE_B) == Some(1.0))
+        .scrape_until("zone B", |m| {
+            m.zone_value("argo_enabled", ZONE_B) == Some(1.0)
+        })
         .await;
     assert_eq!(m.errors("smart_routing", "timeout"), 0.0);
 
     let m = exporter
-        .scrape_until("zone A to time out", |m| m.errors("smart_routing", "timeout") >= 1.0)
+        .scrape_until("zone A to time out", |m| {
+            m.errors("smart_routing", "timeout") >= 1.0
+        })
         .await;
     assert_eq!(m.zone_value("argo_zone_poll_success", ZONE_A), Some(0.0));
     assert_eq!(
-        m.value("argo_api_requests_total", &[("endpoint", "smart_routing"), ("code", "none")]),
+        m.value(
+            "argo_api_requests_total",
+            &[("endpoint", "smart_routing"), ("code", "none")]
+        ),
         Some(1.0)
     );
     exporter.stop().await;
@@ -230,11 +280,12 @@ async fn an_overrunning_cycle_is_counted_not_overlapped() {
         .mount(&api)
         .await;
 
-    let exporter =
-        Exporter::start(config(&api.uri(), &[ZONE_A], Duration::from_millis(100))).await;
+    let exporter = Exporter::start(config(&api.uri(), &[ZONE_A], Duration::from_millis(100))).await;
     exporter
         .scrape_until("two overruns", |m| {
-            m.value("argo_poll_cycle_overruns_total", &[]).unwrap_or(0.0) >= 2.0
+            m.value("argo_poll_cycle_overruns_total", &[])
+                .unwrap_or(0.0)
+                >= 2.0
         })
         .await;
 
@@ -242,9 +293,19 @@ async fn an_overrunning_cycle_is_counted_not_overlapped() {
     // at most the cycles finished plus the one in flight. Overlapping cycles
     // would have sent about four times as many.
     let requests = api.received_requests().await.unwrap_or_default();
-    let requests = requests.iter().filter(|r| r.url.path() == argo_path(ZONE_A)).count() as f64;
-    let cycles = exporter.scrape().await.value("argo_poll_cycles_total", &[]).unwrap();
-    assert!(requests <= cycles + 1.0, "{requests} requests in {cycles} cycles");
+    let requests = requests
+        .iter()
+        .filter(|r| r.url.path() == argo_path(ZONE_A))
+        .count() as f64;
+    let cycles = exporter
+        .scrape()
+        .await
+        .value("argo_poll_cycles_total", &[])
+        .unwrap();
+    assert!(
+        requests <= cycles + 1.0,
+        "{requests} requests in {cycles} cycles"
+    );
     exporter.stop().await;
 }
 
@@ -270,23 +331,28 @@ async fn zone_names_are_retried_until_found() {
         .mount(&api)
         .await;
 
-    let exporter =
-        Exporter::start(config(&api.uri(), &[ZONE_A], Duration::from_millis(100))).await;
+    let exporter = Exporter::start(config(&api.uri(), &[ZONE_A], Duration::from_millis(100))).await;
     let unnamed = exporter
         .scrape_until("the zone without a name", |m| {
-            m.value("argo_enabled", &[("zone_id", ZONE_A), ("zone_name", "")]).is_some()
+            m.value("argo_enabled", &[("zone_id", ZONE_A), ("zone_name", "")])
+                .is_some()
         })
         .await;
     assert_eq!(unnamed.errors("zone", "auth"), 1.0);
 
     let named = exporter
         .scrape_until("the zone name", |m| {
-            m.value("argo_enabled", &[("zone_id", ZONE_A), ("zone_name", "a.example.com")])
-                == Some(0.0)
+            m.value(
+                "argo_enabled",
+                &[("zone_id", ZONE_A), ("zone_name", "a.example.com")],
+            ) == Some(0.0)
         })
         .await;
     // The unnamed series is gone, not left behind beside the named one.
-    assert_eq!(named.value("argo_enabled", &[("zone_id", ZONE_A), ("zone_name", "")]), None);
+    assert_eq!(
+        named.value("argo_enabled", &[("zone_id", ZONE_A), ("zone_name", "")]),
+        None
+    );
     exporter.stop().await;
 }
 
@@ -320,7 +386,9 @@ async fn scrapes_are_served_from_memory() {
 
     let exporter = Exporter::start(config(&api.uri(), &[ZONE_A], Duration::from_secs(60))).await;
     exporter
-        .scrape_until("the first poll", |m| m.zone_value("argo_enabled", ZONE_A).is_some())
+        .scrape_until("the first poll", |m| {
+            m.zone_value("argo_enabled", ZONE_A).is_some()
+        })
         .await;
     let before = api.received_requests().await.unwrap_or_default().len();
     for _ in 0..20 {
@@ -343,10 +411,20 @@ async fn other_endpoints_and_methods() {
     assert_eq!(exporter.get("/nothing-here").await.status(), 404);
 
     let metrics = exporter.get("/metrics").await;
-    let content_type = metrics.headers()["content-type"].to_str().unwrap().to_owned();
-    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    let content_type = metrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
 
-    let post = reqwest::Client::new().post(exporter.url("/metrics")).send().await.unwrap();
+    let post = reqwest::Client::new()
+        .post(exporter.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(post.status(), 405);
     exporter.stop().await;
 }

@@ -80,7 +80,9 @@ impl Exporter {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        reqwest::get(self.url(path)).await.expect("exporter answers")
+        reqwest::get(self.url(path))
+            .await
+            .expect("exporter answers")
     }
 
     pub async fn scrape_text(&self) -> String {
@@ -144,7 +146,11 @@ impl Metrics {
             .filter(|s| s.metric == name)
             .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
             .collect();
-        assert!(matching.len() <= 1, "{name}{labels:?} matches {} samples", matching.len());
+        assert!(
+            matching.len() <= 1,
+            "{name}{labels:?} matches {} samples",
+            matching.len()
+        );
         matching.first().map(|s| match &s.value {
             Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
             Value::Histogram(_) | Value::Summary(_) => panic!("{name} is not a single value"),
@@ -160,8 +166,11 @@ impl Metrics {
     }
 
     pub fn errors(&self, endpoint: &str, kind: &str) -> f64 {
-        self.value("argo_api_errors_total", &[("endpoint", endpoint), ("kind", kind)])
-            .unwrap_or(0.0)
+        self.value(
+            "argo_api_errors_total",
+            &[("endpoint", endpoint), ("kind", kind)],
+        )
+        .unwrap_or(0.0)
     }
 }
 
@@ -208,7 +217,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
