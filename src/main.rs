@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::error::{ContextKind, ContextValue};
+use clap::{CommandFactory, Parser};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +21,10 @@ fn main() -> ExitCode {
             let _ = err.print();
             return ExitCode::SUCCESS;
         }
-        Err(err) => return usage_error(first_line(&err.render().to_string())),
+        Err(err) => {
+            let message = first_line(&err.render().to_string()).to_owned();
+            return usage_error(message + &env_origin(&err));
+        }
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -106,6 +110,32 @@ fn usage_error(message: impl AsRef<str>) -> ExitCode {
 fn failure(message: impl AsRef<str>) -> ExitCode {
     eprintln!("cloudflare-argo-exporter: {}", message.as_ref());
     ExitCode::FAILURE
+}
+
+/// " (from VARIABLE)" when the refused value came from an environment
+/// variable rather than the command line, so the user knows where to look.
+fn env_origin(err: &clap::Error) -> String {
+    let Some(ContextValue::String(shown)) = err.get(ContextKind::InvalidArg) else {
+        return String::new();
+    };
+    let long = shown.split_whitespace().next().unwrap_or_default();
+    let on_command_line =
+        std::env::args().any(|arg| arg == long || arg.starts_with(&format!("{long}=")));
+    let variable = Cli::command()
+        .get_subcommands()
+        .flat_map(|sub| sub.get_arguments().cloned().collect::<Vec<_>>())
+        .chain(Cli::command().get_arguments().cloned())
+        .find(|arg| {
+            arg.get_long()
+                .is_some_and(|name| long == format!("--{name}"))
+        })
+        .and_then(|arg| arg.get_env().map(|env| env.to_string_lossy().into_owned()));
+    match variable {
+        Some(variable) if !on_command_line && std::env::var_os(&variable).is_some() => {
+            format!(" (from {variable})")
+        }
+        _ => String::new(),
+    }
 }
 
 fn first_line(text: &str) -> &str {

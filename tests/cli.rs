@@ -56,7 +56,7 @@ fn malformed_zone_variable_exits_64_naming_the_value() {
             ("CLOUDFLARE_API_TOKEN", "t"),
         ],
     );
-    assert_usage_error(&output, &["EXAMPLE"]);
+    assert_usage_error(&output, &["EXAMPLE", "ARGO_EXPORTER_ZONES"]);
 }
 
 #[test]
