@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::ZoneId;
+use regex::Regex;
+
+use crate::budget::RateLimit;
+use crate::zones::ZoneRef;
 
 /// Where the exporter listens unless told otherwise. Chosen from the
 /// exporter range (9100-9999) and not used by any exporter we know of.
@@ -44,15 +47,27 @@ pub enum Command {
 /// Flags of the exporter daemon, the default command.
 #[derive(Debug, Args)]
 pub struct ExporterArgs {
-    /// Zone ID to watch (32 lowercase hex characters). Repeat the flag, or give
-    /// a comma-separated list in the environment variable.
+    /// Zone to watch: its ID (32 lowercase hex characters) or its name
+    /// (example.com). Repeat the flag, or give a comma-separated list in the
+    /// environment variable.
     #[arg(
         long = "zone",
-        value_name = "ID",
+        value_name = "ID|NAME",
         env = "ARGO_EXPORTER_ZONES",
         value_delimiter = ','
     )]
-    pub zones: Vec<ZoneId>,
+    pub zones: Vec<ZoneRef>,
+
+    /// YAML file listing zones to watch, by ID or name.
+    #[arg(
+        long = "config.file",
+        value_name = "PATH",
+        env = "ARGO_EXPORTER_CONFIG_FILE"
+    )]
+    pub config_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
 
     /// Read the Cloudflare API token from this file (trailing newline trimmed)
     /// instead of CLOUDFLARE_API_TOKEN.
@@ -82,6 +97,16 @@ pub struct ExporterArgs {
     )]
     pub timeout: Duration,
 
+    /// Most Cloudflare API requests to make per time window, shared by every
+    /// request of the process. Cloudflare allows 1200 per 5 minutes per user.
+    #[arg(
+        long = "cloudflare.rate-limit",
+        value_name = "COUNT/DURATION",
+        env = "ARGO_EXPORTER_CLOUDFLARE_RATE_LIMIT",
+        default_value = "1000/5m"
+    )]
+    pub rate_limit: RateLimit,
+
     #[command(flatten)]
     pub poll: PollArgs,
 
@@ -90,6 +115,60 @@ pub struct ExporterArgs {
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DiscoveryArgs {
+    /// Watch every zone the token can list, besides any --zone.
+    #[arg(long = "zones.discover", env = "ARGO_EXPORTER_ZONES_DISCOVER")]
+    pub discover: bool,
+
+    /// Discover only the zones of this account (its 32-character ID).
+    #[arg(
+        long = "zones.account-id",
+        value_name = "ID",
+        env = "ARGO_EXPORTER_ZONES_ACCOUNT_ID",
+        value_parser = parse_account_id
+    )]
+    pub account_id: Option<String>,
+
+    /// Discover only zones whose name matches this regular expression.
+    #[arg(
+        long = "zones.include",
+        value_name = "REGEX",
+        env = "ARGO_EXPORTER_ZONES_INCLUDE",
+        value_parser = parse_regex
+    )]
+    pub include: Option<Regex>,
+
+    /// Skip discovered zones whose name matches this regular expression.
+    #[arg(
+        long = "zones.exclude",
+        value_name = "REGEX",
+        env = "ARGO_EXPORTER_ZONES_EXCLUDE",
+        value_parser = parse_regex
+    )]
+    pub exclude: Option<Regex>,
+
+    /// Discover only zones with this status ("any" for all).
+    #[arg(
+        long = "zones.status",
+        value_name = "STATUS",
+        env = "ARGO_EXPORTER_ZONES_STATUS",
+        default_value = "active",
+        value_parser = ["active", "pending", "initializing", "moved", "any"]
+    )]
+    pub status: String,
+
+    /// How often discovery runs again and unresolved zone names are retried.
+    #[arg(
+        long = "zones.refresh-interval",
+        value_name = "DURATION",
+        env = "ARGO_EXPORTER_ZONES_REFRESH_INTERVAL",
+        default_value = "10m",
+        value_parser = parse_positive_duration
+    )]
+    pub refresh_interval: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -203,6 +282,19 @@ pub enum LogFormat {
     Json,
 }
 
+fn parse_regex(text: &str) -> Result<Regex, String> {
+    Regex::new(text).map_err(|err| err.to_string())
+}
+
+fn parse_account_id(text: &str) -> Result<String, String> {
+    let well_formed = text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit());
+    if well_formed {
+        Ok(text.to_ascii_lowercase())
+    } else {
+        Err("an account ID is 32 hexadecimal characters".to_owned())
+    }
+}
+
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text).map_err(|err| err.to_string())?;
     if duration.is_zero() {
@@ -239,17 +331,64 @@ mod tests {
             &format!("{b},{a}"),
         ])
         .unwrap();
-        let zones: Vec<&str> = cli.exporter.zones.iter().map(ZoneId::as_str).collect();
+        let zones: Vec<String> = cli.exporter.zones.iter().map(ZoneRef::to_string).collect();
         assert_eq!(zones, [a, b, a]);
     }
 
     #[test]
     fn bad_zone_id_is_refused_naming_the_value() {
-        let err = Cli::try_parse_from(["cloudflare-argo-exporter", "--zone", "example.com"])
+        let err = Cli::try_parse_from(["cloudflare-argo-exporter", "--zone", "example com"])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("example.com"), "{err}");
+        assert!(err.contains("example com"), "{err}");
         assert!(err.contains("--zone"), "{err}");
+    }
+
+    #[test]
+    fn zone_names_are_accepted() {
+        let cli =
+            Cli::try_parse_from(["cloudflare-argo-exporter", "--zone", "example.com"]).unwrap();
+        assert_eq!(
+            cli.exporter.zones,
+            [ZoneRef::Name("example.com".to_owned())]
+        );
+    }
+
+    #[test]
+    fn discovery_flags() {
+        let cli = Cli::try_parse_from([
+            "cloudflare-argo-exporter",
+            "--zones.discover",
+            "--zones.include",
+            "^shop",
+            "--zones.refresh-interval",
+            "5m",
+            "--cloudflare.rate-limit",
+            "50/1s",
+        ])
+        .unwrap();
+        let discovery = &cli.exporter.discovery;
+        assert!(discovery.discover);
+        assert!(discovery
+            .include
+            .as_ref()
+            .unwrap()
+            .is_match("shop.example.com"));
+        assert_eq!(discovery.status, "active");
+        assert_eq!(discovery.refresh_interval, Duration::from_secs(300));
+        assert_eq!(cli.exporter.rate_limit.count, 50);
+
+        for (flag, value) in [
+            ("--zones.include", "(unclosed"),
+            ("--zones.status", "sleeping"),
+            ("--zones.account-id", "acct"),
+            ("--cloudflare.rate-limit", "1000"),
+        ] {
+            let err = Cli::try_parse_from(["cloudflare-argo-exporter", flag, value])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(flag), "{err}");
+        }
     }
 
     #[test]

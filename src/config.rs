@@ -10,7 +10,11 @@ use std::time::Duration;
 use secrecy::SecretString;
 use url::Url;
 
-use crate::cli::{ExporterArgs, LogArgs, LogFormat, LogLevel, PollArgs, WebArgs};
+use crate::budget::RateLimit;
+use crate::cli::{DiscoveryArgs, ExporterArgs, LogArgs, LogFormat, LogLevel, PollArgs, WebArgs};
+use crate::cloudflare::{RetryPolicy, ZoneQuery};
+use crate::config_file::{ConfigFile, FileError};
+use crate::zones::{Discovery, ZoneRef};
 
 /// Base URL of the real Cloudflare v4 API.
 pub const DEFAULT_API_URL: &str = "https://api.cloudflare.com/client/v4";
@@ -66,7 +70,11 @@ pub enum Credentials {
 
 #[derive(Debug)]
 pub struct Config {
-    pub zones: Vec<ZoneId>,
+    /// Zones from `--zone` and the configuration file, without duplicates.
+    pub zones: Vec<ZoneRef>,
+    pub discovery: Option<Discovery>,
+    /// How often zone names are resolved again and discovery re-runs.
+    pub zones_refresh: Duration,
     pub api: ApiConfig,
     pub poll: PollConfig,
     pub web: WebConfig,
@@ -77,6 +85,8 @@ pub struct ApiConfig {
     pub base_url: Url,
     pub credentials: Credentials,
     pub timeout: Duration,
+    pub rate_limit: RateLimit,
+    pub retry: RetryPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -122,8 +132,15 @@ impl From<&LogArgs> for LogConfig {
 /// environment variable to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("no zones to watch: give --zone ID (or ARGO_EXPORTER_ZONES)")]
+    #[error(
+        "no zones to watch: give --zone (or ARGO_EXPORTER_ZONES), zones in --config.file, \
+         or --zones.discover"
+    )]
     NoZones,
+    #[error("{flag} only applies with --zones.discover")]
+    DiscoveryFilterWithoutDiscovery { flag: &'static str },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error(
         "no Cloudflare credentials: set CLOUDFLARE_API_TOKEN, --cloudflare.api-token-file, \
          or CLOUDFLARE_EMAIL with CLOUDFLARE_API_KEY"
@@ -160,19 +177,28 @@ impl Config {
         args: &ExporterArgs,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        if args.zones.is_empty() {
-            return Err(ConfigError::NoZones);
-        }
         let mut zones = args.zones.clone();
+        if let Some(path) = &args.config_file {
+            let file = ConfigFile::load(path)?;
+            zones.extend(file.zones.into_iter().map(|entry| entry.zone));
+        }
         zones.sort();
         zones.dedup();
+        let discovery = discovery_from(&args.discovery)?;
+        if zones.is_empty() && discovery.is_none() {
+            return Err(ConfigError::NoZones);
+        }
 
         Ok(Self {
             zones,
+            discovery,
+            zones_refresh: args.discovery.refresh_interval,
             api: ApiConfig {
                 base_url: parse_api_url(&args.api_url)?,
                 credentials: credentials_from(args.api_token_file.as_deref(), env)?,
                 timeout: args.timeout,
+                rate_limit: args.rate_limit,
+                retry: RetryPolicy::default(),
             },
             poll: PollConfig::from(&args.poll),
             web: WebConfig::from_args(&args.web)?,
@@ -187,6 +213,32 @@ impl WebConfig {
             telemetry_path: parse_telemetry_path(&args.telemetry_path)?,
         })
     }
+}
+
+fn discovery_from(args: &DiscoveryArgs) -> Result<Option<Discovery>, ConfigError> {
+    if !args.discover {
+        let set_filter = [
+            ("--zones.account-id", args.account_id.is_some()),
+            ("--zones.include", args.include.is_some()),
+            ("--zones.exclude", args.exclude.is_some()),
+        ]
+        .into_iter()
+        .find(|(_, set)| *set);
+        return match set_filter {
+            Some((flag, _)) => Err(ConfigError::DiscoveryFilterWithoutDiscovery { flag }),
+            None => Ok(None),
+        };
+    }
+    Ok(Some(Discovery {
+        query: ZoneQuery {
+            name: None,
+            status: (args.status != "any").then(|| args.status.clone()),
+            account_id: args.account_id.clone(),
+        },
+        include: args.include.clone(),
+        exclude: args.exclude.clone(),
+        refresh: args.refresh_interval,
+    }))
 }
 
 fn credentials_from(
@@ -444,6 +496,62 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.zones.len(), 1);
+    }
+
+    #[test]
+    fn zones_come_from_flags_and_the_file() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "zones:\n  - name: example.com\n  - id: {ZONE}").unwrap();
+        let path = file.path().to_str().unwrap();
+        let config = Config::from_args(
+            &args(&["--config.file", path]),
+            env_of(&[("CLOUDFLARE_API_TOKEN", "t")]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.zones,
+            [
+                ZoneRef::Id(ZONE.parse().unwrap()),
+                ZoneRef::Name("example.com".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_config_file_names_the_flag_file_and_line() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "zones:\n  - name: example.com\n    expect: maybe").unwrap();
+        let path = file.path().to_str().unwrap();
+        let err = Config::from_args(
+            &args(&["--config.file", path]),
+            env_of(&[("CLOUDFLARE_API_TOKEN", "t")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("--config.file: "), "{err}");
+        assert!(err.contains(path) && err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn discovery_alone_is_enough_and_filters_need_it() {
+        let cli = Cli::try_parse_from(["x", "--zones.discover", "--zones.status", "any"]).unwrap();
+        let config =
+            Config::from_args(&cli.exporter, env_of(&[("CLOUDFLARE_API_TOKEN", "t")])).unwrap();
+        let discovery = config.discovery.unwrap();
+        assert_eq!(discovery.query.status, None);
+        assert!(config.zones.is_empty());
+
+        let cli = Cli::try_parse_from(["x", "--zone", ZONE, "--zones.include", "shop"]).unwrap();
+        let err = Config::from_args(&cli.exporter, env_of(&[("CLOUDFLARE_API_TOKEN", "t")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--zones.include"), "{err}");
+
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        let err = Config::from_args(&cli.exporter, env_of(&[("CLOUDFLARE_API_TOKEN", "t")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no zones to watch"), "{err}");
     }
 
     #[test]

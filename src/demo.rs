@@ -10,9 +10,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::cloudflare::ArgoValue;
+use crate::budget::RateLimit;
+use crate::cloudflare::{ArgoValue, RetryPolicy, ZoneQuery};
 use crate::config::{ApiConfig, Config, Credentials, PollConfig, WebConfig};
 use crate::simulator::{SimZone, Simulator, BASE_PATH};
+use crate::zones::Discovery;
 
 /// The token the demo's simulator accepts; it opens nothing real.
 const DEMO_TOKEN: &str = "demo-token-not-a-secret";
@@ -22,6 +24,9 @@ pub const FLAPPING_ZONE_ID: &str = "5c1e0a7f3b2d4e6f8a9b0c1d2e3f4a5b";
 
 /// How often the flapping zone changes, so a user watching sees a change.
 const FLIP_EVERY: Duration = Duration::from_secs(120);
+
+/// How often the demo lists its zones again.
+const ZONE_REFRESH: Duration = Duration::from_secs(60);
 
 /// The sample zones: Argo on, off, on but not editable, and one that flaps.
 pub fn zones() -> Vec<SimZone> {
@@ -70,22 +75,32 @@ pub async fn run(
     tokio::spawn(flap(simulator.clone(), stop.clone()));
 
     let base_url = format!("http://{api_address}{BASE_PATH}/");
+    // The demo finds its zones the way --zones.discover does.
     let config = Config {
-        zones: simulator
-            .zone_ids()
-            .iter()
-            .filter_map(|id| id.parse().ok())
-            .collect(),
+        zones: Vec::new(),
+        discovery: Some(Discovery {
+            query: ZoneQuery {
+                status: Some("active".to_owned()),
+                ..ZoneQuery::default()
+            },
+            include: None,
+            exclude: None,
+            refresh: ZONE_REFRESH,
+        }),
+        zones_refresh: ZONE_REFRESH,
         api: ApiConfig {
             base_url: base_url
                 .parse()
                 .map_err(|_| crate::Error::Internal("demo URL"))?,
             credentials: Credentials::Token(SecretString::from(DEMO_TOKEN)),
             timeout: Duration::from_secs(5),
+            rate_limit: RateLimit::default(),
+            retry: RetryPolicy::default(),
         },
         poll,
         web,
     };
+    let zone_count = simulator.zone_ids().len();
 
     let local = listener.local_addr().map_err(crate::Error::Simulator)?;
     let host = if local.ip().is_unspecified() {
@@ -102,7 +117,7 @@ pub async fn run(
         "Demo running: {} sample zones served by a simulated Cloudflare API at {base_url}\n\
          Open http://{shown}{} for the metrics (flappy.example.org flips every {}). \
          Press Ctrl-C to stop.",
-        config.zones.len(),
+        zone_count,
         config.web.telemetry_path,
         humantime::format_duration(FLIP_EVERY),
     );

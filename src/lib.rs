@@ -1,28 +1,33 @@
 //! Cloudflare Argo Smart Routing exporter: polls the Cloudflare API for each
 //! zone and serves what it found as Prometheus metrics.
 
+pub mod budget;
 pub mod cli;
 pub mod cloudflare;
 pub mod config;
+pub mod config_file;
 pub mod demo;
 pub mod logging;
 pub mod metrics;
 pub mod poller;
 pub mod server;
 pub mod simulator;
+pub mod zones;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::budget::Budget;
 use crate::cloudflare::{Client, ClientError};
-use crate::config::Config;
+use crate::config::{Config, Credentials};
 use crate::metrics::Metrics;
 use crate::poller::{Poller, Readiness};
 use crate::server::AppState;
+use crate::zones::ZoneTracker;
 
 /// Why the exporter could not run.
 #[derive(Debug, thiserror::Error)]
@@ -44,23 +49,46 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let metrics = Metrics::new()?;
-    let client = Client::new(&config.api, metrics.api.clone())?;
+    let metrics = Metrics::new(config.api.rate_limit)?;
+    let budget = Arc::new(Budget::new(config.api.rate_limit));
+    let client = Client::new(&config.api, Arc::clone(&budget), metrics.api.clone())?;
     let readiness = Readiness::default();
     let stop = CancellationToken::new();
 
     info!(
         zones = config.zones.len(),
+        discover = config.discovery.is_some(),
         api_url = %config.api.base_url,
         interval = %humantime::format_duration(config.poll.interval),
+        rate_limit = %config.api.rate_limit,
         listen_address = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
         telemetry_path = %config.web.telemetry_path,
         "starting cloudflare-argo-exporter {}",
         env!("CARGO_PKG_VERSION"),
     );
 
-    let poller = Poller::new(client, metrics.clone(), &config.poll, &config.zones);
-    let polling = tokio::spawn(poller.run(readiness.clone(), stop.clone()));
+    if matches!(config.api.credentials, Credentials::Token(_)) {
+        tokio::spawn(check_token(client.clone(), metrics.clone()));
+    }
+
+    let (tracker, zone_set) = ZoneTracker::new(
+        client.clone(),
+        config.zones.clone(),
+        config.discovery.clone(),
+        config.zones_refresh,
+    );
+    let wait_for_zones = tracker.needs_api();
+    if wait_for_zones {
+        tokio::spawn(tracker.run(stop.clone()));
+    }
+    let poller = Poller::new(
+        client,
+        metrics.clone(),
+        &config.poll,
+        budget.limit().period(),
+        zone_set,
+    );
+    let polling = tokio::spawn(poller.run(readiness.clone(), wait_for_zones, stop.clone()));
 
     let trigger = stop.clone();
     tokio::spawn(async move {
@@ -83,4 +111,30 @@ pub async fn run(
     }
     info!("stopped");
     Ok(())
+}
+
+/// Asks Cloudflare about the API token once at start: logs its status and
+/// exports its expiry. A failure here is worth a warning, not a stop.
+async fn check_token(client: Client, metrics: Metrics) {
+    match client.verify_token().await {
+        Ok(token) => {
+            let expires = token
+                .expires_on
+                .as_deref()
+                .and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok());
+            if let Some(expires) = expires {
+                metrics.set_token_expiry(expires.timestamp() as f64);
+            }
+            if token.status == "active" {
+                info!(status = %token.status, expires_on = token.expires_on.as_deref(), "API token verified");
+            } else {
+                warn!(status = %token.status, expires_on = token.expires_on.as_deref(), "the API token is not active");
+            }
+        }
+        Err(err) => warn!(
+            kind = %err.kind(),
+            error = %err,
+            "cannot verify the API token; polling anyway"
+        ),
+    }
 }

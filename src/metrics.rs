@@ -2,11 +2,14 @@
 //! HTTP server encodes on each scrape. Nothing here calls Cloudflare: the
 //! values are whatever the poller last stored.
 
+use std::time::Duration;
+
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::budget::RateLimit;
 use crate::cloudflare::{Endpoint, ErrorKind};
 
 /// Request latency buckets: Cloudflare usually answers in 50-500 ms; the top
@@ -26,10 +29,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> prometheus::Result<Self> {
+    /// Registers every metric; `budget` is the configured API allowance.
+    pub fn new(budget: RateLimit) -> prometheus::Result<Self> {
         let registry = Registry::new();
         let metrics = Self {
-            api: ApiMetrics::register(&registry)?,
+            api: ApiMetrics::register(&registry, budget)?,
             zones: ZoneMetrics::register(&registry)?,
             poll: PollMetrics::register(&registry)?,
             registry,
@@ -40,6 +44,16 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         Ok(metrics)
+    }
+
+    /// Sets the token's expiry time. The gauge is registered on first use, so
+    /// it is absent for tokens that never expire.
+    pub fn set_token_expiry(&self, unix_seconds: f64) {
+        self.api.token_expiry.set(unix_seconds);
+        // A second registration fails with AlreadyReg and changes nothing.
+        let _ = self
+            .registry
+            .register(Box::new(self.api.token_expiry.clone()));
     }
 
     /// Encodes every metric in the text exposition format.
@@ -70,11 +84,14 @@ fn register_build_info(registry: &Registry) -> prometheus::Result<()> {
 pub struct ApiMetrics {
     requests: IntCounterVec,
     errors: IntCounterVec,
+    retries: IntCounterVec,
     duration: HistogramVec,
+    budget_wait: Counter,
+    token_expiry: Gauge,
 }
 
 impl ApiMetrics {
-    fn register(registry: &Registry) -> prometheus::Result<Self> {
+    fn register(registry: &Registry, budget: RateLimit) -> prometheus::Result<Self> {
         let requests = IntCounterVec::new(
             Opts::new(
                 "argo_api_requests_total",
@@ -98,21 +115,69 @@ impl ApiMetrics {
             .buckets(REQUEST_DURATION_BUCKETS.to_vec()),
             &["endpoint"],
         )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "argo_api_retries_total",
+                "Cloudflare API requests sent again after a timeout, a broken connection, \
+                 a 408, 409, 429 or a 5xx answer.",
+            ),
+            &["endpoint"],
+        )?;
+        let budget_wait = Counter::new(
+            "argo_rate_limit_wait_seconds_total",
+            "Time requests spent waiting for the API budget or a rate-limit pause, summed \
+             over requests.",
+        )?;
+        let budget_requests = IntGauge::new(
+            "argo_api_budget_requests",
+            "Cloudflare API requests the exporter allows itself per budget window \
+             (--cloudflare.rate-limit).",
+        )?;
+        let budget_window = Gauge::new(
+            "argo_api_budget_window_seconds",
+            "Length of the API budget window (--cloudflare.rate-limit).",
+        )?;
+        let token_expiry = Gauge::new(
+            "argo_api_token_expiry_timestamp_seconds",
+            "Unix time in seconds when the API token expires, from the token check at \
+             start; absent when the token does not expire.",
+        )?;
+        budget_requests.set(i64::from(budget.count));
+        budget_window.set(budget.duration.as_secs_f64());
+
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(budget_wait.clone()))?;
+        registry.register(Box::new(budget_requests))?;
+        registry.register(Box::new(budget_window))?;
 
         // Start every error series at zero so rate() and alerts see the first error.
-        for endpoint in [Endpoint::SmartRouting, Endpoint::Zone] {
+        for endpoint in Endpoint::ALL {
             for kind in ErrorKind::ALL {
                 errors.with_label_values(&[endpoint.as_str(), kind.as_str()]);
             }
+            retries.with_label_values(&[endpoint.as_str()]);
         }
         Ok(Self {
             requests,
             errors,
+            retries,
             duration,
+            budget_wait,
+            token_expiry,
         })
+    }
+
+    pub fn observe_retry(&self, endpoint: Endpoint) {
+        self.retries.with_label_values(&[endpoint.as_str()]).inc();
+    }
+
+    pub fn observe_budget_wait(&self, waited: Duration) {
+        if !waited.is_zero() {
+            self.budget_wait.inc_by(waited.as_secs_f64());
+        }
     }
 
     /// Records one request. `status` is `None` when no HTTP answer arrived.
@@ -152,6 +217,7 @@ impl ZoneLabels {
 pub struct ZoneMetrics {
     enabled: IntGaugeVec,
     editable: IntGaugeVec,
+    entitled: IntGaugeVec,
     last_modified: GaugeVec,
     poll_success: IntGaugeVec,
     last_success: GaugeVec,
@@ -181,6 +247,11 @@ impl ZoneMetrics {
                 "argo_editable",
                 "1 if the Argo Smart Routing setting can be changed through the API, as of \
                  the last successful poll.",
+            )?,
+            entitled: int_gauge(
+                "argo_zone_entitled",
+                "1 if the zone's plan includes Argo Smart Routing, 0 if Cloudflare answered \
+                 that it does not (code 1015), as of the last poll.",
             )?,
             last_modified: gauge(
                 "argo_last_modified_timestamp",
@@ -222,6 +293,20 @@ impl ZoneMetrics {
                 let _ = self.last_modified.remove_label_values(&labels);
             }
         }
+        self.entitled.with_label_values(&labels).set(1);
+        self.poll_success.with_label_values(&labels).set(1);
+        self.last_success.with_label_values(&labels).set(now);
+    }
+
+    /// Stores Cloudflare's answer that the zone's plan lacks Argo (code
+    /// 1015). Argo is then off in effect: a lapsed plan must look like Argo
+    /// turning off, so `argo_enabled` and `argo_editable` drop to 0.
+    pub fn record_not_entitled(&self, zone: &ZoneLabels, now: f64) {
+        let labels = zone.values();
+        self.entitled.with_label_values(&labels).set(0);
+        self.enabled.with_label_values(&labels).set(0);
+        self.editable.with_label_values(&labels).set(0);
+        let _ = self.last_modified.remove_label_values(&labels);
         self.poll_success.with_label_values(&labels).set(1);
         self.last_success.with_label_values(&labels).set(now);
     }
@@ -237,6 +322,7 @@ impl ZoneMetrics {
         // Each removal fails harmlessly when the series was never set.
         let _ = self.enabled.remove_label_values(&labels);
         let _ = self.editable.remove_label_values(&labels);
+        let _ = self.entitled.remove_label_values(&labels);
         let _ = self.last_modified.remove_label_values(&labels);
         let _ = self.poll_success.remove_label_values(&labels);
         let _ = self.last_success.remove_label_values(&labels);
@@ -245,7 +331,12 @@ impl ZoneMetrics {
     /// Moves a zone's series to new labels, keeping their values.
     pub fn relabel(&self, from: &ZoneLabels, to: &ZoneLabels) {
         let (old, new) = (from.values(), to.values());
-        for vec in [&self.enabled, &self.editable, &self.poll_success] {
+        for vec in [
+            &self.enabled,
+            &self.editable,
+            &self.entitled,
+            &self.poll_success,
+        ] {
             if let Ok(gauge) = vec.get_metric_with_label_values(&old) {
                 vec.with_label_values(&new).set(gauge.get());
             }
@@ -334,7 +425,7 @@ mod tests {
 
     #[test]
     fn success_then_failure_keeps_the_last_good_values() {
-        let metrics = Metrics::new().unwrap();
+        let metrics = Metrics::new(RateLimit::default()).unwrap();
         let z = zone("example.com");
         metrics
             .zones
@@ -359,7 +450,7 @@ mod tests {
 
     #[test]
     fn missing_modified_on_removes_its_series() {
-        let metrics = Metrics::new().unwrap();
+        let metrics = Metrics::new(RateLimit::default()).unwrap();
         let z = zone("example.com");
         metrics.zones.record_success(&z, true, true, Some(1.0), 2.0);
         metrics.zones.record_success(&z, true, true, None, 3.0);
@@ -368,7 +459,7 @@ mod tests {
 
     #[test]
     fn relabel_moves_values_to_the_new_name() {
-        let metrics = Metrics::new().unwrap();
+        let metrics = Metrics::new(RateLimit::default()).unwrap();
         let (unnamed, named) = (zone(""), zone("example.com"));
         metrics
             .zones
@@ -384,7 +475,7 @@ mod tests {
 
     #[test]
     fn error_counters_start_at_zero_and_build_info_is_set() {
-        let text = text(&Metrics::new().unwrap());
+        let text = text(&Metrics::new(RateLimit::default()).unwrap());
         assert!(
             text.contains(r#"argo_api_errors_total{endpoint="smart_routing",kind="timeout"} 0"#)
         );

@@ -1,21 +1,35 @@
-//! The polling loop: reads Argo Smart Routing for every zone once per
-//! interval, with bounded concurrency, and stores the results as metrics.
+//! The polling loop: reads Argo Smart Routing for every watched zone once
+//! per cycle and stores the results as metrics.
+//!
+//! A cycle lasts the poll interval, or longer when the API budget cannot
+//! cover every zone in one interval. Its polls start evenly spread over the
+//! first 90% of the cycle (the rest leaves time for the last answers), at
+//! most `concurrency` at a time. The first cycle starts every poll at once,
+//! as fast as the budget allows, so metrics are there soon after start.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::stream::{self, StreamExt};
-use tokio::time::{Instant, MissedTickBehavior};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::cloudflare::{ArgoValue, Client, Endpoint, ErrorKind};
 use crate::config::{PollConfig, ZoneId};
 use crate::metrics::{Metrics, ZoneLabels};
+use crate::zones::{Source, WatchedZone, ZoneSet};
 
 /// Longest wait between two attempts to look up a zone's name.
 const MAX_NAME_RETRY: Duration = Duration::from_secs(3600);
+
+/// The share of a cycle over which its polls start.
+const SPREAD_SHARE: f64 = 0.9;
+
+/// A zone whose plan lacks Argo is asked again once every this many cycles.
+const NOT_ENTITLED_RECHECK_CYCLES: u32 = 10;
 
 /// Set once the first poll cycle has finished; `/readyz` reports it.
 #[derive(Clone, Default)]
@@ -35,10 +49,33 @@ impl Readiness {
 struct ZoneState {
     id: ZoneId,
     labels: ZoneLabels,
+    source: Source,
     name_lookup: NameLookup,
     last_value: Option<ArgoValue>,
     /// The kind of the last failure, so a failing zone is logged once, not every cycle.
     last_error: Option<ErrorKind>,
+    /// Cycles left to skip a zone whose plan lacks Argo.
+    skip_cycles: u32,
+}
+
+impl ZoneState {
+    fn new(zone: &WatchedZone) -> Self {
+        Self {
+            id: zone.id.clone(),
+            labels: ZoneLabels {
+                id: zone.id.to_string(),
+                name: zone.name.clone().unwrap_or_default(),
+            },
+            source: zone.source,
+            name_lookup: NameLookup {
+                due: zone.name.is_none().then(Instant::now),
+                failures: 0,
+            },
+            last_value: None,
+            last_error: None,
+            skip_cycles: 0,
+        }
+    }
 }
 
 /// When to try `GET /zones/{id}` again; names are nice to have, so failures
@@ -48,106 +85,289 @@ struct NameLookup {
     failures: u32,
 }
 
+/// How one zone's poll went.
+enum Outcome {
+    Polled,
+    Skipped,
+    Failed { kind: ErrorKind, code: Option<i64> },
+}
+
+/// What a cycle found, for the lines logged once per cycle.
+#[derive(Default)]
+struct CycleReport {
+    zones: usize,
+    auth_failures: usize,
+    auth_code: Option<i64>,
+}
+
+/// How long a cycle lasts and how far apart its polls start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct CyclePlan {
+    length: Duration,
+    spacing: Duration,
+}
+
 pub struct Poller {
     client: Client,
     metrics: Metrics,
     interval: Duration,
     concurrency: usize,
+    /// The API budget's spacing between two requests.
+    budget_period: Duration,
     zones: Vec<ZoneState>,
+    zone_set: watch::Receiver<ZoneSet>,
+    /// Whether the budget currently stretches cycles past the interval.
+    stretched: bool,
 }
 
 impl Poller {
-    pub fn new(client: Client, metrics: Metrics, config: &PollConfig, zones: &[ZoneId]) -> Self {
-        metrics.poll.set_zone_count("configured", zones.len());
-        let zones = zones
-            .iter()
-            .map(|id| ZoneState {
-                id: id.clone(),
-                labels: ZoneLabels {
-                    id: id.to_string(),
-                    name: String::new(),
-                },
-                name_lookup: NameLookup {
-                    due: Some(Instant::now()),
-                    failures: 0,
-                },
-                last_value: None,
-                last_error: None,
-            })
-            .collect();
-        Self {
+    pub fn new(
+        client: Client,
+        metrics: Metrics,
+        config: &PollConfig,
+        budget_period: Duration,
+        zone_set: watch::Receiver<ZoneSet>,
+    ) -> Self {
+        let mut poller = Self {
             client,
             metrics,
             interval: config.interval,
             concurrency: config.concurrency.get(),
-            zones,
-        }
+            budget_period,
+            zones: Vec::new(),
+            zone_set,
+            stretched: false,
+        };
+        poller.sync_zones();
+        poller
     }
 
-    /// Polls every interval until `shutdown` is cancelled. The first cycle
-    /// starts at once; a cycle that overruns delays the next instead of
-    /// overlapping it.
-    pub async fn run(mut self, readiness: Readiness, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(self.interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    /// Polls cycle after cycle until `shutdown` is cancelled. With
+    /// `wait_for_zones`, the first cycle waits for the zone tracker's first
+    /// round (names resolved, zones discovered).
+    pub async fn run(
+        mut self,
+        readiness: Readiness,
+        wait_for_zones: bool,
+        shutdown: CancellationToken,
+    ) {
+        if wait_for_zones {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = self.zone_set.changed() => {}
+            }
+        }
         let mut overrunning = false;
         let mut cycle: u64 = 0;
+        let mut next_start = Instant::now();
 
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                _ = ticker.tick() => {}
+                () = tokio::time::sleep_until(next_start) => {}
             }
+            self.sync_zones();
+            let plan = self.plan(cycle == 0);
             cycle += 1;
             let started = Instant::now();
             let span = info_span!("poll_cycle", cycle);
-            tokio::select! {
+            let report = tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = self.poll_all().instrument(span) => {}
-            }
+                report = self.poll_cycle(plan.spacing).instrument(span) => report,
+            };
             let took = started.elapsed();
 
             let poll = &self.metrics.poll;
             poll.cycles.inc();
             poll.cycle_duration.observe(took.as_secs_f64());
             poll.last_cycle_end.set(unix_now());
+            report.log_auth_failures();
             if !readiness.is_ready() {
-                info!(zones = self.zones.len(), took = ?took, "first poll cycle finished");
+                info!(zones = report.zones, took = ?took, "first poll cycle finished");
                 readiness.set_ready();
             }
 
-            if took > self.interval {
+            if took > plan.length {
                 poll.overruns.inc();
                 if !overrunning {
                     warn!(
                         took = ?took,
-                        interval = ?self.interval,
-                        "poll cycle took longer than the interval; the next one starts late \
+                        cycle = ?plan.length,
+                        "poll cycle took longer than planned; the next one starts late \
                          (raise --poll.concurrency or --poll.interval)"
                     );
                 }
                 overrunning = true;
             } else if overrunning {
-                info!(took = ?took, "poll cycles fit the interval again");
+                info!(took = ?took, "poll cycles fit their plan again");
                 overrunning = false;
             }
+            next_start = started + plan.length;
         }
         debug!("poller stopped");
     }
 
-    /// Polls every zone once, at most `concurrency` at a time.
-    pub async fn poll_all(&mut self) {
-        let (client, metrics, interval) = (&self.client, &self.metrics, self.interval);
-        stream::iter(self.zones.iter_mut())
-            .for_each_concurrent(self.concurrency, |zone| {
-                let span = info_span!("zone", zone_id = %zone.id);
-                poll_zone(client, metrics, interval, zone).instrument(span)
-            })
-            .await;
+    /// Applies the latest zone set: new zones are added, zones gone from it
+    /// lose their series, renamed ones move their series to the new name.
+    fn sync_zones(&mut self) {
+        let set = self.zone_set.borrow_and_update().clone();
+        let mut old: std::collections::HashMap<ZoneId, ZoneState> =
+            self.zones.drain(..).map(|z| (z.id.clone(), z)).collect();
+        for watched in set.iter() {
+            let state = match old.remove(&watched.id) {
+                Some(mut state) => {
+                    state.source = watched.source;
+                    if let Some(name) = watched.name.as_ref().filter(|n| **n != state.labels.name) {
+                        let renamed = ZoneLabels {
+                            id: state.labels.id.clone(),
+                            name: name.clone(),
+                        };
+                        self.metrics.zones.relabel(&state.labels, &renamed);
+                        state.labels = renamed;
+                        state.name_lookup.due = None;
+                    }
+                    state
+                }
+                None => {
+                    debug!(zone_id = %watched.id, source = watched.source.as_str(), "zone added");
+                    ZoneState::new(watched)
+                }
+            };
+            self.zones.push(state);
+        }
+        for gone in old.values() {
+            info!(zone_id = %gone.id, zone_name = %gone.labels.name, "zone no longer watched");
+            self.metrics.zones.forget(&gone.labels);
+        }
+        for source in [Source::Configured, Source::Discovered] {
+            let count = self.zones.iter().filter(|z| z.source == source).count();
+            self.metrics.poll.set_zone_count(source.as_str(), count);
+        }
+    }
+
+    /// The next cycle's length and spacing. Warns when the budget cannot
+    /// poll every zone once per interval, saying how fresh values will be.
+    fn plan(&mut self, first: bool) -> CyclePlan {
+        let plan = plan_cycle(self.zones.len(), self.interval, self.budget_period);
+        let stretched = plan.length > self.interval;
+        if stretched && !self.stretched {
+            warn!(
+                zones = self.zones.len(),
+                interval = %humantime::format_duration(self.interval),
+                each_zone_every = %humantime::format_duration(round_to_millis(plan.length)),
+                "the API budget (--cloudflare.rate-limit) cannot poll every zone once per \
+                 --poll.interval; polling each zone less often instead"
+            );
+        } else if !stretched && self.stretched {
+            info!("the API budget covers every zone once per interval again");
+        }
+        self.stretched = stretched;
+        if first {
+            CyclePlan {
+                spacing: Duration::ZERO,
+                ..plan
+            }
+        } else {
+            plan
+        }
+    }
+
+    /// Polls every zone once: poll `i` starts `i × spacing` after the cycle
+    /// does, once fewer than `concurrency` polls are in flight.
+    async fn poll_cycle(&mut self, spacing: Duration) -> CycleReport {
+        let Self {
+            client,
+            metrics,
+            interval,
+            concurrency,
+            zones,
+            ..
+        } = self;
+        let (client, metrics, interval, concurrency) =
+            (&*client, &*metrics, *interval, *concurrency);
+        let mut report = CycleReport {
+            zones: zones.len(),
+            ..CycleReport::default()
+        };
+        let start = Instant::now();
+        let mut in_flight = FuturesUnordered::new();
+
+        for (index, zone) in zones.iter_mut().enumerate() {
+            let slot = start + spacing.mul_f64(index as f64);
+            while Instant::now() < slot || in_flight.len() >= concurrency {
+                tokio::select! {
+                    Some(outcome) = in_flight.next(), if !in_flight.is_empty() => {
+                        report.add(outcome);
+                    }
+                    () = tokio::time::sleep_until(slot), if in_flight.len() < concurrency => {}
+                }
+            }
+            let span = info_span!("zone", zone_id = %zone.id);
+            in_flight.push(poll_zone(client, metrics, interval, zone).instrument(span));
+        }
+        while let Some(outcome) = in_flight.next().await {
+            report.add(outcome);
+        }
+        report
     }
 }
 
-async fn poll_zone(client: &Client, metrics: &Metrics, interval: Duration, zone: &mut ZoneState) {
+/// Spreads `zones` polls over the interval, stretching the cycle when the
+/// budget allows fewer requests than that.
+fn plan_cycle(zones: usize, interval: Duration, budget_period: Duration) -> CyclePlan {
+    if zones == 0 {
+        return CyclePlan {
+            length: interval,
+            spacing: Duration::ZERO,
+        };
+    }
+    let zones = zones as f64;
+    let spread = interval.mul_f64(SPREAD_SHARE);
+    let spacing = (spread.div_f64(zones)).max(budget_period);
+    let length = interval.max(spacing.mul_f64(zones).div_f64(SPREAD_SHARE));
+    CyclePlan { length, spacing }
+}
+
+fn round_to_millis(duration: Duration) -> Duration {
+    Duration::from_millis(duration.as_millis().try_into().unwrap_or(u64::MAX))
+}
+
+impl CycleReport {
+    fn add(&mut self, outcome: Outcome) {
+        if let Outcome::Failed {
+            kind: ErrorKind::Auth,
+            code,
+        } = outcome
+        {
+            self.auth_failures += 1;
+            self.auth_code = self.auth_code.or(code);
+        }
+    }
+
+    /// One line per cycle for credential problems, however many zones had them.
+    fn log_auth_failures(&self) {
+        if self.auth_failures > 0 {
+            warn!(
+                failed = self.auth_failures,
+                zones = self.zones,
+                cloudflare_code = self.auth_code,
+                "Cloudflare refused the credentials; the API token needs the \
+                 \"Zone Settings Read\" permission on every watched zone"
+            );
+        }
+    }
+}
+
+async fn poll_zone(
+    client: &Client,
+    metrics: &Metrics,
+    interval: Duration,
+    zone: &mut ZoneState,
+) -> Outcome {
+    if zone.skip_cycles > 0 {
+        zone.skip_cycles -= 1;
+        return Outcome::Skipped;
+    }
     if zone
         .name_lookup
         .due
@@ -158,10 +378,28 @@ async fn poll_zone(client: &Client, metrics: &Metrics, interval: Duration, zone:
 
     let setting = match client.smart_routing(&zone.id).await {
         Ok(setting) => setting,
+        Err(err) if err.kind() == ErrorKind::NotEntitled => {
+            metrics.zones.record_not_entitled(&zone.labels, unix_now());
+            if zone.last_error != Some(ErrorKind::NotEntitled) {
+                info!(
+                    zone_name = %zone.labels.name,
+                    cloudflare_code = err.cloudflare_code(),
+                    "the zone's plan does not include Argo Smart Routing; asking again every \
+                     {NOT_ENTITLED_RECHECK_CYCLES} cycles"
+                );
+            }
+            zone.last_error = Some(ErrorKind::NotEntitled);
+            zone.last_value = Some(ArgoValue::Off);
+            zone.skip_cycles = NOT_ENTITLED_RECHECK_CYCLES - 1;
+            return Outcome::Polled;
+        }
         Err(err) => {
             metrics.zones.record_failure(&zone.labels);
             let kind = err.kind();
-            if zone.last_error != Some(kind) {
+            if kind == ErrorKind::Auth {
+                // Logged once per cycle for all zones: see CycleReport.
+                debug!(kind = %kind, error = %err, "poll refused");
+            } else if zone.last_error != Some(kind) {
                 warn!(
                     zone_name = %zone.labels.name,
                     kind = %kind,
@@ -173,7 +411,10 @@ async fn poll_zone(client: &Client, metrics: &Metrics, interval: Duration, zone:
                 debug!(kind = %kind, error = %err, "poll failed again");
             }
             zone.last_error = Some(kind);
-            return;
+            return Outcome::Failed {
+                kind,
+                code: err.cloudflare_code(),
+            };
         }
     };
 
@@ -213,6 +454,7 @@ async fn poll_zone(client: &Client, metrics: &Metrics, interval: Duration, zone:
         ),
         _ => debug!(value = %setting.value, editable = setting.editable, "polled"),
     }
+    Outcome::Polled
 }
 
 async fn look_up_name(
@@ -260,4 +502,40 @@ fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |elapsed| elapsed.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn polls_spread_over_the_interval_when_the_budget_allows() {
+        // 100 zones a minute need 500 requests per 5 minutes: within 1000/5m.
+        let plan = plan_cycle(100, MINUTE, Duration::from_millis(300));
+        assert_eq!(plan.length, MINUTE);
+        assert_eq!(plan.spacing, Duration::from_millis(540));
+    }
+
+    #[test]
+    fn the_budget_stretches_the_cycle() {
+        // 1000 zones at one request per 300 ms take 300 s, over 90% of the cycle.
+        let plan = plan_cycle(1000, MINUTE, Duration::from_millis(300));
+        assert_eq!(plan.spacing, Duration::from_millis(300));
+        assert!(
+            (plan.length.as_secs_f64() - 300.0 / SPREAD_SHARE).abs() < 1e-6,
+            "{plan:?}"
+        );
+        // The planned request rate never exceeds the budget.
+        let per_second = 1000.0 / (plan.length.as_secs_f64() * SPREAD_SHARE);
+        assert!(per_second <= 1.0 / 0.3 + 1e-9);
+    }
+
+    #[test]
+    fn no_zones_no_spacing() {
+        let plan = plan_cycle(0, MINUTE, Duration::from_millis(300));
+        assert_eq!(plan.length, MINUTE);
+        assert_eq!(plan.spacing, Duration::ZERO);
+    }
 }

@@ -123,11 +123,16 @@ fn a_busy_port_is_a_clear_error() {
 /// Runs the exporter against an API that refuses everything, at debug level,
 /// for a few poll cycles, then stops it with SIGTERM.
 async fn logs_of_a_refused_run(format: &str, env: &[(&str, &str)]) -> Output {
+    let refusal =
+        ResponseTemplate::new(403).set_body_json(failure_body(10000, "Authentication error"));
+    logs_of_a_run(refusal, format, env).await
+}
+
+/// Runs the exporter against an API that always gives `answer`.
+async fn logs_of_a_run(answer: ResponseTemplate, format: &str, env: &[(&str, &str)]) -> Output {
     let api = MockServer::start().await;
     Mock::given(method("GET"))
-        .respond_with(
-            ResponseTemplate::new(403).set_body_json(failure_body(10000, "Authentication error")),
-        )
+        .respond_with(answer)
         .mount(&api)
         .await;
 
@@ -142,6 +147,8 @@ async fn logs_of_a_refused_run(format: &str, env: &[(&str, &str)]) -> Output {
             "127.0.0.1:0",
             "--poll.interval",
             "100ms",
+            "--cloudflare.rate-limit",
+            "100/1s",
             "--log.level",
             "debug",
             "--log.format",
@@ -154,8 +161,14 @@ async fn logs_of_a_refused_run(format: &str, env: &[(&str, &str)]) -> Output {
     .spawn()
     .expect("binary starts");
 
+    // Six requests for the Argo setting are two whole polls even when each
+    // is retried twice.
     common::eventually("a few polls", || async {
-        api.received_requests().await.unwrap_or_default().len() >= 4
+        let requests = api.received_requests().await.unwrap_or_default();
+        let argo = requests
+            .iter()
+            .filter(|r| r.url.path().ends_with("/argo/smart_routing"));
+        argo.count() >= 6
     })
     .await;
     let status = Command::new("kill")
@@ -191,7 +204,8 @@ async fn secrets_never_reach_the_logs() {
 
 #[tokio::test]
 async fn a_failing_zone_is_warned_about_once() {
-    let output = logs_of_a_refused_run("logfmt", &[("CLOUDFLARE_API_TOKEN", "t")]).await;
+    let answer = ResponseTemplate::new(500).set_body_json(failure_body(1000, "Internal error"));
+    let output = logs_of_a_run(answer, "logfmt", &[("CLOUDFLARE_API_TOKEN", "t")]).await;
     let logs = stderr(&output);
     let warnings: Vec<&str> = logs
         .lines()
@@ -201,10 +215,35 @@ async fn a_failing_zone_is_warned_about_once() {
     let line = warnings[0];
     for field in [
         &format!("zone_id={ZONE_A}"),
-        "kind=auth",
-        "cloudflare_code=10000",
+        "kind=http_5xx",
+        "cloudflare_code=1000",
+        "Internal error",
     ] {
         assert!(line.contains(field), "{field} missing from {line}");
+    }
+}
+
+#[tokio::test]
+async fn refused_credentials_are_reported_per_cycle_not_per_zone() {
+    let output = logs_of_a_refused_run("logfmt", &[("CLOUDFLARE_API_TOKEN", "t")]).await;
+    let logs = stderr(&output);
+    let per_zone = logs
+        .lines()
+        .filter(|l| l.contains("level=warn") && l.contains("poll failed"));
+    assert_eq!(per_zone.count(), 0, "{logs}");
+
+    let per_cycle: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("level=warn") && l.contains("refused the credentials"))
+        .collect();
+    let cycles = logs.lines().filter(|l| l.contains("cycle=")).count();
+    assert!(!per_cycle.is_empty() && per_cycle.len() <= cycles, "{logs}");
+    for field in ["cloudflare_code=10000", "Zone Settings Read", "failed=1"] {
+        assert!(
+            per_cycle[0].contains(field),
+            "{field} missing from {}",
+            per_cycle[0]
+        );
     }
 }
 

@@ -156,9 +156,16 @@ async fn a_failed_poll_keeps_the_last_good_values() {
     let exporter = Exporter::start(config(&api.uri(), &[ZONE_A], Duration::from_millis(100))).await;
     let m = exporter
         .scrape_until("the poll after the good one to fail", |m| {
-            m.errors("smart_routing", "http_5xx") >= 1.0
+            m.zone_value("argo_zone_poll_success", ZONE_A) == Some(0.0)
         })
         .await;
+    // The failed poll was tried three times, each failure counted.
+    assert!(m.errors("smart_routing", "http_5xx") >= 3.0);
+    assert!(
+        m.value("argo_api_retries_total", &[("endpoint", "smart_routing")])
+            .unwrap()
+            >= 2.0
+    );
     assert_eq!(m.zone_value("argo_zone_poll_success", ZONE_A), Some(0.0));
     assert_eq!(m.zone_value("argo_enabled", ZONE_A), Some(1.0));
     assert_eq!(m.zone_value("argo_editable", ZONE_A), Some(1.0));
@@ -250,18 +257,19 @@ async fn a_slow_zone_does_not_hold_up_the_others() {
         .await;
     assert_eq!(m.errors("smart_routing", "timeout"), 0.0);
 
+    // A timed-out request is tried again twice before the poll fails.
     let m = exporter
         .scrape_until("zone A to time out", |m| {
-            m.errors("smart_routing", "timeout") >= 1.0
+            m.zone_value("argo_zone_poll_success", ZONE_A) == Some(0.0)
         })
         .await;
-    assert_eq!(m.zone_value("argo_zone_poll_success", ZONE_A), Some(0.0));
+    assert_eq!(m.errors("smart_routing", "timeout"), 3.0);
     assert_eq!(
         m.value(
             "argo_api_requests_total",
             &[("endpoint", "smart_routing"), ("code", "none")]
         ),
-        Some(1.0)
+        Some(3.0)
     );
     exporter.stop().await;
 }

@@ -1,23 +1,80 @@
 //! The Cloudflare API client: the few v4 endpoints the exporter reads and
-//! writes, each request timed, counted and classified.
+//! writes. Every request waits for the shared [`Budget`], is retried when a
+//! retry can help, and is timed, counted and classified.
 
 mod wire;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::Method;
 use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
+use tracing::debug;
 use url::Url;
 
-pub use wire::{codes, interpret, ApiError, ApiMessage, ArgoValue, ErrorKind, SmartRouting, Zone};
+pub use wire::{
+    codes, interpret, interpret_with_info, ApiError, ApiMessage, ArgoValue, ErrorKind, ResultInfo,
+    SmartRouting, TokenStatus, Zone,
+};
 
+use crate::budget::Budget;
 use crate::config::{ApiConfig, Credentials, ZoneId};
 use crate::metrics::ApiMetrics;
 
 /// Answers larger than this are refused unread: a real one is a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Zones per page when listing; the most Cloudflare allows.
+pub const ZONES_PER_PAGE: u32 = 50;
+
+/// How long every request waits after a 429 that did not say (Cloudflare
+/// blocks a user who went over the limit for up to five minutes).
+const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(60);
+
+/// When and how often a failed request is sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// The policy of Cloudflare's own SDKs: two retries, backing off from
+    /// half a second up to eight.
+    fn default() -> Self {
+        Self {
+            max_retries: 2,
+            first_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(8),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `retry` (from 0): doubling from the first
+    /// backoff, capped, and drawn at random from its upper half so clients
+    /// that failed together do not retry together.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let full = self
+            .first_backoff
+            .saturating_mul(2u32.saturating_pow(retry))
+            .min(self.max_backoff);
+        let half = full / 2;
+        half + half.mul_f64(rand::rng().random::<f64>())
+    }
+}
+
+/// Search criteria for listing zones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ZoneQuery {
+    pub name: Option<String>,
+    pub status: Option<String>,
+    pub account_id: Option<String>,
+}
 
 /// The API endpoints, as used in metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,13 +83,26 @@ pub enum Endpoint {
     SmartRouting,
     /// `/zones/{zone_id}`
     Zone,
+    /// `/zones`, the zone list
+    Zones,
+    /// `/user/tokens/verify`
+    TokenVerify,
 }
 
 impl Endpoint {
+    pub const ALL: [Endpoint; 4] = [
+        Self::SmartRouting,
+        Self::Zone,
+        Self::Zones,
+        Self::TokenVerify,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::SmartRouting => "smart_routing",
             Self::Zone => "zone",
+            Self::Zones => "zones",
+            Self::TokenVerify => "token_verify",
         }
     }
 }
@@ -52,11 +122,17 @@ pub struct Client {
     http: reqwest::Client,
     base_url: Url,
     timeout: Duration,
+    retry: RetryPolicy,
+    budget: Arc<Budget>,
     metrics: ApiMetrics,
 }
 
 impl Client {
-    pub fn new(config: &ApiConfig, metrics: ApiMetrics) -> Result<Self, ClientError> {
+    pub fn new(
+        config: &ApiConfig,
+        budget: Arc<Budget>,
+        metrics: ApiMetrics,
+    ) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
             .default_headers(auth_headers(&config.credentials)?)
             .user_agent(concat!(
@@ -70,6 +146,8 @@ impl Client {
             http,
             base_url: config.base_url.clone(),
             timeout: config.timeout,
+            retry: config.retry,
+            budget,
             metrics,
         })
     }
@@ -99,6 +177,57 @@ impl Client {
         self.send(Endpoint::Zone, Method::GET, url, None).await
     }
 
+    /// `GET /zones?page=N&per_page=50` with the query's filters: one page of
+    /// zones and the number of pages.
+    pub async fn list_zones(
+        &self,
+        query: &ZoneQuery,
+        page: u32,
+    ) -> Result<(Vec<Zone>, u32), ApiError> {
+        let mut url = self.url(&["zones"]);
+        {
+            let mut pairs = url.query_pairs_mut();
+            pairs
+                .append_pair("page", &page.to_string())
+                .append_pair("per_page", &ZONES_PER_PAGE.to_string());
+            if let Some(name) = &query.name {
+                pairs.append_pair("name", name);
+            }
+            if let Some(status) = &query.status {
+                pairs.append_pair("status", status);
+            }
+            if let Some(account) = &query.account_id {
+                pairs.append_pair("account.id", account);
+            }
+        }
+        let (zones, info): (Vec<Zone>, Option<ResultInfo>) = self
+            .send_with_info(Endpoint::Zones, Method::GET, url, None)
+            .await?;
+        Ok((zones, info.map_or(1, |info| info.total_pages)))
+    }
+
+    /// Every zone matching the query, following the pages.
+    pub async fn all_zones(&self, query: &ZoneQuery) -> Result<Vec<Zone>, ApiError> {
+        let mut zones = Vec::new();
+        let mut page = 1;
+        loop {
+            let (found, total_pages) = self.list_zones(query, page).await?;
+            let empty = found.is_empty();
+            zones.extend(found);
+            if page >= total_pages || empty {
+                return Ok(zones);
+            }
+            page += 1;
+        }
+    }
+
+    /// `GET /user/tokens/verify`
+    pub async fn verify_token(&self) -> Result<TokenStatus, ApiError> {
+        let url = self.url(&["user", "tokens", "verify"]);
+        self.send(Endpoint::TokenVerify, Method::GET, url, None)
+            .await
+    }
+
     fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base_url.clone();
         // The base URL was checked at start-up to be a plain http(s) URL, so
@@ -116,16 +245,76 @@ impl Client {
         url: Url,
         body: Option<serde_json::Value>,
     ) -> Result<T, ApiError> {
+        self.send_with_info(endpoint, method, url, body)
+            .await
+            .map(|(result, _)| result)
+    }
+
+    /// Sends a request, retrying as the [`RetryPolicy`] allows.
+    async fn send_with_info<T: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        method: Method,
+        url: Url,
+        body: Option<serde_json::Value>,
+    ) -> Result<(T, Option<ResultInfo>), ApiError> {
+        let mut retry = 0;
+        loop {
+            let result = self
+                .attempt(endpoint, method.clone(), url.clone(), body.clone())
+                .await;
+            let err = match result {
+                Err(err) if err.is_retryable() && retry < self.retry.max_retries => err,
+                other => return other,
+            };
+            let backoff = self.retry.backoff(retry);
+            retry += 1;
+            self.metrics.observe_retry(endpoint);
+            debug!(
+                endpoint = endpoint.as_str(),
+                retry,
+                kind = %err.kind(),
+                error = %err,
+                backoff = ?backoff,
+                "retrying"
+            );
+            // A rate-limited request waits for the budget's pause instead.
+            if err.kind() != ErrorKind::RateLimited {
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+
+    /// One try: waits for the budget, sends, reads, classifies and counts.
+    async fn attempt<T: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        method: Method,
+        url: Url,
+        body: Option<serde_json::Value>,
+    ) -> Result<(T, Option<ResultInfo>), ApiError> {
+        let waited = self.budget.acquire().await;
+        self.metrics.observe_budget_wait(waited);
+
         let started = Instant::now();
         let outcome = self.exchange(method, url, body).await;
-        let status = outcome.as_ref().ok().map(|answer| answer.0);
+        let status = outcome.as_ref().ok().map(|answer| answer.status);
         self.metrics
             .observe_request(endpoint, status, started.elapsed().as_secs_f64());
 
-        let result =
-            outcome.and_then(|(status, retry_after, bytes)| interpret(status, retry_after, &bytes));
+        let result = outcome.and_then(|answer| {
+            if let Some(ratelimit) = &answer.ratelimit {
+                self.budget
+                    .observe_ratelimit_header(ratelimit, answer.ratelimit_policy.as_deref());
+            }
+            interpret_with_info(answer.status, answer.retry_after, &answer.body)
+        });
         if let Err(err) = &result {
             self.metrics.observe_error(endpoint, err.kind());
+            if err.kind() == ErrorKind::RateLimited {
+                self.budget
+                    .pause_for(err.retry_after().unwrap_or(DEFAULT_RATE_LIMIT_PAUSE));
+            }
         }
         result
     }
@@ -136,7 +325,7 @@ impl Client {
         method: Method,
         url: Url,
         body: Option<serde_json::Value>,
-    ) -> Result<(u16, Option<Duration>, Vec<u8>), ApiError> {
+    ) -> Result<Answer, ApiError> {
         let mut request = self.http.request(method, url);
         if let Some(body) = body {
             request = request.json(&body);
@@ -147,11 +336,14 @@ impl Client {
             .map_err(|err| self.transport_error(&err))?;
 
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| wire::parse_retry_after(value, chrono::Utc::now()));
+        let header = |name: &str| {
+            let value = response.headers().get(name)?.to_str().ok()?;
+            Some(value.to_owned())
+        };
+        let retry_after = header(RETRY_AFTER.as_str())
+            .and_then(|value| wire::parse_retry_after(&value, chrono::Utc::now()));
+        let ratelimit = header("ratelimit");
+        let ratelimit_policy = header("ratelimit-policy");
         let too_large = || ApiError::Decode {
             status,
             reason: format!("body larger than {MAX_BODY_BYTES} bytes"),
@@ -173,7 +365,13 @@ impl Client {
             }
             bytes.extend_from_slice(&chunk);
         }
-        Ok((status, retry_after, bytes))
+        Ok(Answer {
+            status,
+            retry_after,
+            ratelimit,
+            ratelimit_policy,
+            body: bytes,
+        })
     }
 
     fn transport_error(&self, err: &reqwest::Error) -> ApiError {
@@ -187,6 +385,15 @@ impl Client {
             }
         }
     }
+}
+
+/// An HTTP answer read in full.
+struct Answer {
+    status: u16,
+    retry_after: Option<Duration>,
+    ratelimit: Option<String>,
+    ratelimit_policy: Option<String>,
+    body: Vec<u8>,
 }
 
 fn auth_headers(credentials: &Credentials) -> Result<HeaderMap, ClientError> {

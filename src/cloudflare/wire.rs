@@ -64,6 +64,16 @@ pub struct Zone {
     pub status: Option<String>,
 }
 
+/// The `result` of `GET /user/tokens/verify`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TokenStatus {
+    pub id: String,
+    /// `active`, `disabled` or `expired`.
+    pub status: String,
+    #[serde(default)]
+    pub expires_on: Option<String>,
+}
+
 /// One entry of an envelope's `errors` or `messages`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct ApiMessage {
@@ -210,6 +220,37 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status of the answer, when one arrived.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Timeout { .. } | Self::Connect { .. } => None,
+            Self::Refused { status, .. }
+            | Self::Status { status, .. }
+            | Self::Decode { status, .. } => Some(*status),
+        }
+    }
+
+    /// The `Retry-After` that came with the answer.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Refused { retry_after, .. } | Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Whether the same request may succeed if sent again: timeouts, broken
+    /// connections, 408, 409, 429 and 5xx. Other refusals will not change.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Timeout { .. } | Self::Connect { .. } => true,
+            Self::Refused { .. } | Self::Status { .. } => {
+                self.kind() == ErrorKind::RateLimited
+                    || matches!(self.status(), Some(408 | 409 | 429 | 500..=599))
+            }
+            Self::Decode { .. } => false,
+        }
+    }
+
     /// The first Cloudflare error code of the answer, if it had one.
     pub fn cloudflare_code(&self) -> Option<i64> {
         match self {
@@ -239,6 +280,17 @@ struct Envelope<'a> {
     success: bool,
     #[serde(default)]
     errors: Vec<ApiMessage>,
+    #[serde(default)]
+    result_info: Option<ResultInfo>,
+}
+
+/// Pagination of a list answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct ResultInfo {
+    #[serde(default)]
+    pub page: u32,
+    #[serde(default)]
+    pub total_pages: u32,
 }
 
 /// Reads one answer: its HTTP status, `Retry-After` (already parsed) and body.
@@ -247,6 +299,15 @@ pub fn interpret<T: DeserializeOwned>(
     retry_after: Option<Duration>,
     body: &[u8],
 ) -> Result<T, ApiError> {
+    interpret_with_info(status, retry_after, body).map(|(result, _)| result)
+}
+
+/// Like [`interpret`], also returning the pagination of a list answer.
+pub fn interpret_with_info<T: DeserializeOwned>(
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> Result<(T, Option<ResultInfo>), ApiError> {
     let ok_status = (200..300).contains(&status);
     let envelope: Envelope<'_> = match serde_json::from_slice(body) {
         Ok(envelope) => envelope,
@@ -284,10 +345,11 @@ pub fn interpret<T: DeserializeOwned>(
             status,
             reason: "success is true but result is null".to_owned(),
         })?;
-    serde_json::from_str(result.get()).map_err(|err| ApiError::Decode {
+    let parsed = serde_json::from_str(result.get()).map_err(|err| ApiError::Decode {
         status,
         reason: format!("result: {err}"),
-    })
+    })?;
+    Ok((parsed, envelope.result_info))
 }
 
 fn describe_json_error(err: &serde_json::Error, body: &[u8]) -> String {

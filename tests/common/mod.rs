@@ -8,9 +8,12 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
+use cloudflare_argo_exporter::budget::RateLimit;
+use cloudflare_argo_exporter::cloudflare::RetryPolicy;
 use cloudflare_argo_exporter::config::{
     ApiConfig, Config, Credentials, PollConfig, WebConfig, ZoneId,
 };
+use cloudflare_argo_exporter::zones::ZoneRef;
 use prometheus_parse::{Sample, Scrape, Value};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
@@ -33,13 +36,24 @@ pub fn zone(id: &str) -> ZoneId {
 /// A configuration polling `zones` at `api_url` every `interval`.
 pub fn config(api_url: &str, zones: &[&str], interval: Duration) -> Config {
     Config {
-        zones: zones.iter().map(|id| zone(id)).collect(),
+        zones: zones.iter().map(|id| ZoneRef::Id(zone(id))).collect(),
+        discovery: None,
+        zones_refresh: Duration::from_secs(600),
         api: ApiConfig {
             base_url: format!("{}/", api_url.trim_end_matches('/'))
                 .parse()
                 .expect("test API URL is valid"),
             credentials: Credentials::Token(SecretString::from(TOKEN)),
             timeout: Duration::from_secs(2),
+            rate_limit: RateLimit {
+                count: 1000,
+                duration: Duration::from_secs(1),
+            },
+            retry: RetryPolicy {
+                max_retries: 2,
+                first_backoff: Duration::from_millis(20),
+                max_backoff: Duration::from_millis(100),
+            },
         },
         poll: PollConfig {
             interval,

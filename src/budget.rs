@@ -1,0 +1,363 @@
+//! The API budget: one limiter shared by every request the process makes, so
+//! the exporter never spends more of the user's Cloudflare allowance (1200
+//! requests per 5 minutes, across all of the user's tokens) than configured.
+//!
+//! Requests are spaced evenly, one every `duration / count`. Because a
+//! request can start late (a busy machine) and the next one on time, the
+//! start times of the last `count` requests are also kept, and a request
+//! waits until the oldest of them is a window (plus a 2% margin for
+//! latency between here and Cloudflare) old. So no window ever holds more
+//! than `count` requests. A 429 pauses every request until its
+//! `Retry-After` has passed, and Cloudflare's `Ratelimit` header slows
+//! requests down before the allowance runs out. It runs on tokio's clock,
+//! so tests can drive it with paused time.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A request allowance: at most `count` requests per `duration`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub count: u32,
+    pub duration: Duration,
+}
+
+impl RateLimit {
+    /// The spacing between two requests that keeps within the allowance,
+    /// margin included.
+    pub fn period(self) -> Duration {
+        self.window() / self.count
+    }
+
+    /// The window as enforced: the configured one plus the margin.
+    fn window(self) -> Duration {
+        self.duration.mul_f64(1.0 + WINDOW_MARGIN)
+    }
+}
+
+impl Default for RateLimit {
+    /// 1000 per 5 minutes: Cloudflare's 1200 less headroom for the people and
+    /// tools that share the user's allowance.
+    fn default() -> Self {
+        Self {
+            count: 1000,
+            duration: Duration::from_secs(300),
+        }
+    }
+}
+
+impl FromStr for RateLimit {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (count, duration) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is not COUNT/DURATION, e.g. 1000/5m"))?;
+        let count: u32 = count
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&count| count > 0)
+            .ok_or_else(|| format!("{count:?} is not a whole number above zero"))?;
+        let duration = humantime::parse_duration(duration.trim())
+            .map_err(|err| format!("{duration:?} is not a duration: {err}"))?;
+        if duration.is_zero() {
+            return Err("the duration must be longer than zero".to_owned());
+        }
+        Ok(Self { count, duration })
+    }
+}
+
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            self.count,
+            humantime::format_duration(self.duration)
+        )
+    }
+}
+
+/// The window is enforced this much longer than configured, so that network
+/// latency cannot fit one request too many into Cloudflare's own count.
+const WINDOW_MARGIN: f64 = 0.02;
+
+/// When `Ratelimit` says fewer than this share of the window's quota is left,
+/// the remaining requests are spread over the rest of the window.
+const LOW_REMAINING_SHARE: f64 = 0.1;
+
+/// The shared limiter. Cheap to lock: no lock is held across an await.
+pub struct Budget {
+    limit: RateLimit,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// The earliest time the next request may start.
+    next_slot: Instant,
+    /// No request starts before this (a 429's `Retry-After`).
+    paused_until: Option<Instant>,
+    /// A wider spacing in force until the given time (a low `Ratelimit`).
+    slowed: Option<(Duration, Instant)>,
+    /// When the last `count` requests started, oldest first.
+    recent: VecDeque<Instant>,
+}
+
+impl Budget {
+    pub fn new(limit: RateLimit) -> Self {
+        Self {
+            limit,
+            state: Mutex::new(State {
+                next_slot: Instant::now(),
+                paused_until: None,
+                slowed: None,
+                recent: VecDeque::new(),
+            }),
+        }
+    }
+
+    pub fn limit(&self) -> RateLimit {
+        self.limit
+    }
+
+    /// Waits until a request may be sent and returns how long that took.
+    pub async fn acquire(&self) -> Duration {
+        let started = Instant::now();
+        loop {
+            let slot = self.reserve();
+            tokio::time::sleep_until(slot).await;
+            match self.admit() {
+                Ok(()) => return started.elapsed(),
+                // A pause began or the window is full: wait, then queue again
+                // so that the requests held back do not all start at once.
+                Err(not_before) => tokio::time::sleep_until(not_before).await,
+            }
+        }
+    }
+
+    /// Lets a request whose slot has come start now, unless a pause began
+    /// meanwhile or the last `count` requests all fall in the current window;
+    /// then says when to try again.
+    fn admit(&self) -> Result<(), Instant> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        if let Some(until) = state.paused_until.filter(|&until| until > now) {
+            return Err(until);
+        }
+        let window = self.limit.window();
+        if state.recent.len() >= self.limit.count as usize {
+            let oldest = state.recent.front().copied().unwrap_or(now);
+            if oldest + window > now {
+                return Err(oldest + window);
+            }
+            state.recent.pop_front();
+        }
+        state.recent.push_back(now);
+        Ok(())
+    }
+
+    /// Stops every request until `delay` from now (a 429's `Retry-After`).
+    pub fn pause_for(&self, delay: Duration) {
+        let until = Instant::now() + delay;
+        let mut state = self.lock();
+        if state.paused_until.is_none_or(|current| current < until) {
+            state.paused_until = Some(until);
+        }
+    }
+
+    /// Reads Cloudflare's `Ratelimit` header (`"default";r=50;t=30`): with
+    /// nothing left, pauses until the window resets; with little left,
+    /// spreads what is left over the rest of the window.
+    pub fn observe_ratelimit_header(&self, value: &str, policy: Option<&str>) {
+        let Some((remaining, reset)) = parse_ratelimit(value) else {
+            return;
+        };
+        if remaining == 0 {
+            self.pause_for(reset);
+            return;
+        }
+        let quota = policy
+            .and_then(parse_policy_quota)
+            .unwrap_or(self.limit.count);
+        if f64::from(remaining) < f64::from(quota) * LOW_REMAINING_SHARE {
+            let spacing = reset / remaining;
+            if spacing > self.limit.period() {
+                self.lock().slowed = Some((spacing, Instant::now() + reset));
+            }
+        }
+    }
+
+    fn reserve(&self) -> Instant {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let mut slot = state.next_slot.max(now);
+        if let Some(until) = state.paused_until {
+            if until > now {
+                slot = slot.max(until);
+            } else {
+                state.paused_until = None;
+            }
+        }
+        let spacing = match state.slowed {
+            Some((spacing, until)) if until > now => spacing,
+            _ => {
+                state.slowed = None;
+                self.limit.period()
+            }
+        };
+        state.next_slot = slot + spacing;
+        slot
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update is a plain assignment, so a poisoned lock holds a consistent state.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// `"default";r=50;t=30` to (50, 30 s), taking the smallest `r` of the items.
+fn parse_ratelimit(value: &str) -> Option<(u32, Duration)> {
+    value
+        .split(',')
+        .filter_map(|item| {
+            let remaining = parameter(item, "r")?;
+            let reset = parameter(item, "t")?;
+            Some((u32::try_from(remaining).ok()?, Duration::from_secs(reset)))
+        })
+        .min_by_key(|(remaining, _)| *remaining)
+}
+
+/// `"burst";q=100;w=60` to 100.
+fn parse_policy_quota(value: &str) -> Option<u32> {
+    value
+        .split(',')
+        .filter_map(|item| u32::try_from(parameter(item, "q")?).ok())
+        .min()
+}
+
+fn parameter(item: &str, name: &str) -> Option<u64> {
+    item.split(';').skip(1).find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key.trim() == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_parses_count_and_duration() {
+        let limit: RateLimit = "1000/5m".parse().unwrap();
+        assert_eq!(limit.count, 1000);
+        assert_eq!(limit.duration, Duration::from_secs(300));
+        // A 2% margin turns 300 ms into 306 ms.
+        assert_eq!(limit.period(), Duration::from_millis(306));
+        assert_eq!(
+            "50/1s".parse::<RateLimit>().unwrap().period(),
+            Duration::from_micros(20_400)
+        );
+        for bad in ["1000", "0/5m", "-1/5m", "10/0s", "ten/5m", "10/soon"] {
+            assert!(bad.parse::<RateLimit>().is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_are_spaced_by_the_period() {
+        let budget = Budget::new("10/1s".parse().unwrap());
+        let start = Instant::now();
+        for n in 0..25u32 {
+            budget.acquire().await;
+            assert_eq!(start.elapsed(), Duration::from_millis(102) * n);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_back_every_request_including_waiting_ones() {
+        let budget = std::sync::Arc::new(Budget::new("10/1s".parse().unwrap()));
+        budget.acquire().await;
+        // This request has its slot at 100 ms; the pause starts before then.
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.acquire().await }
+        });
+        tokio::task::yield_now().await;
+        budget.pause_for(Duration::from_secs(5));
+        let waited = waiting.await.unwrap();
+        assert!(waited >= Duration::from_secs(5), "{waited:?}");
+
+        let start = Instant::now();
+        budget.acquire().await;
+        assert!(start.elapsed() <= Duration::from_millis(102));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_start_does_not_let_a_window_hold_more_than_count() {
+        let budget = std::sync::Arc::new(Budget::new("4/1s".parse().unwrap()));
+        // Four requests reserve slots 0, 255, 510 and 765 ms, but the machine
+        // stalls and they all start at 900 ms; the fifth is due at 1000 ms.
+        let mut waiting = Vec::new();
+        for _ in 0..4 {
+            let slot = budget.reserve();
+            waiting.push(slot);
+        }
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        for _ in &waiting {
+            budget.admit().unwrap();
+        }
+        let start = Instant::now();
+        budget.acquire().await;
+        // It waits for the first of the four to leave the window (plus margin).
+        assert_eq!(start.elapsed(), Duration::from_millis(1020));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ratelimit_header_with_nothing_left_pauses_until_reset() {
+        let budget = Budget::new("1000/5m".parse().unwrap());
+        budget.observe_ratelimit_header("\"default\";r=0;t=30", None);
+        let waited = budget.acquire().await;
+        assert_eq!(waited, Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ratelimit_header_with_little_left_spreads_the_rest() {
+        let budget = Budget::new("1000/5m".parse().unwrap());
+        // 5 left of 100 for the next 10 s: one request every 2 s.
+        budget.observe_ratelimit_header("\"default\";r=5;t=10", Some("\"burst\";q=100;w=60"));
+        budget.acquire().await;
+        let waited = budget.acquire().await;
+        assert_eq!(waited, Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn plenty_left_changes_nothing() {
+        let budget = Budget::new("10/1s".parse().unwrap());
+        budget
+            .observe_ratelimit_header("\"default\";r=900;t=200", Some("\"default\";q=1200;w=300"));
+        budget.acquire().await;
+        assert_eq!(budget.acquire().await, Duration::from_millis(102));
+    }
+
+    #[test]
+    fn header_parsing_tolerates_noise() {
+        assert_eq!(
+            parse_ratelimit("\"default\";r=50;t=30"),
+            Some((50, Duration::from_secs(30)))
+        );
+        assert_eq!(
+            parse_ratelimit("\"a\";r=9;t=5, \"b\";r=3;t=60"),
+            Some((3, Duration::from_secs(60)))
+        );
+        assert_eq!(parse_ratelimit("garbage"), None);
+        assert_eq!(parse_ratelimit("\"default\";r=-1;t=30"), None);
+        assert_eq!(parse_policy_quota("\"burst\";q=100;w=60"), Some(100));
+    }
+}

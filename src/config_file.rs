@@ -1,0 +1,157 @@
+//! The optional YAML configuration file (`--config.file`): the zones to
+//! watch, by ID or name. Unknown keys and bad values are refused with the
+//! file, line and reason.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+
+use crate::config::ZoneId;
+use crate::zones::ZoneRef;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub zones: Vec<ZoneEntry>,
+}
+
+/// One zone of the file: `- id: <zone ID>` or `- name: <zone name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawZoneEntry")]
+pub struct ZoneEntry {
+    pub zone: ZoneRef,
+}
+
+/// Each field is checked as it is read, so a bad value is reported at its own line.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawZoneEntry {
+    #[serde(default, deserialize_with = "zone_id")]
+    id: Option<ZoneId>,
+    #[serde(default, deserialize_with = "zone_name")]
+    name: Option<String>,
+}
+
+impl TryFrom<RawZoneEntry> for ZoneEntry {
+    type Error = String;
+
+    fn try_from(raw: RawZoneEntry) -> Result<Self, Self::Error> {
+        let zone = match (raw.id, raw.name) {
+            (Some(id), None) => ZoneRef::Id(id),
+            (None, Some(name)) => ZoneRef::Name(name),
+            (Some(_), Some(_)) => return Err("give a zone `id` or `name`, not both".to_owned()),
+            (None, None) => return Err("a zone needs `id` or `name`".to_owned()),
+        };
+        Ok(Self { zone })
+    }
+}
+
+fn zone_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<ZoneId>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map(Some).map_err(D::Error::custom)
+}
+
+fn zone_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    match text.parse::<ZoneRef>().map_err(D::Error::custom)? {
+        ZoneRef::Name(name) => Ok(Some(name)),
+        ZoneRef::Id(_) => Err(D::Error::custom(format!(
+            "{text:?} is a zone ID: write it as `id:`"
+        ))),
+    }
+}
+
+/// Why the configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("--config.file: {path}: {reason}")]
+pub struct FileError {
+    pub path: PathBuf,
+    /// Includes the line and column when the problem is in the YAML.
+    pub reason: String,
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<Self, FileError> {
+        let error = |reason: String| FileError {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|err| error(err.to_string()))?;
+        Self::parse(&text).map_err(error)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_yaml_ng::from_str(text).map_err(|err| match err.location() {
+            Some(at) if !err.to_string().contains("line") => {
+                format!("line {}: {err}", at.line())
+            }
+            _ => err.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zones_by_id_and_name() {
+        let file = ConfigFile::parse(
+            "zones:\n  - id: 0123456789abcdef0123456789abcdef\n  - name: Example.com\n",
+        )
+        .unwrap();
+        assert_eq!(
+            file.zones,
+            [
+                ZoneEntry {
+                    zone: ZoneRef::Id("0123456789abcdef0123456789abcdef".parse().unwrap())
+                },
+                ZoneEntry {
+                    zone: ZoneRef::Name("example.com".to_owned())
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_their_line() {
+        let cases = [
+            (
+                "zones:\n  - id: 0123456789abcdef0123456789abcdef\n    colour: red\n",
+                "line 3",
+                "colour",
+            ),
+            (
+                "zones:\n  - name: example.com\n  - id: nope\n",
+                "line 3",
+                "nope",
+            ),
+            ("zones:\n  - {}\n", "line 2", "needs `id` or `name`"),
+            (
+                "zones:\n  - name: 0123456789abcdef0123456789abcdef\n",
+                "line 2",
+                "`id:`",
+            ),
+            ("zone:\n  - name: example.com\n", "line 1", "zone"),
+            ("zones: [\n", "line 2", "did not find expected node"),
+        ];
+        for (text, line, reason) in cases {
+            let err = ConfigFile::parse(text).unwrap_err();
+            assert!(
+                err.contains(line) && err.contains(reason),
+                "{text:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_file_lists_no_zones() {
+        assert!(ConfigFile::parse("").unwrap().zones.is_empty());
+        assert!(ConfigFile::parse("zones: []\n").unwrap().zones.is_empty());
+    }
+}

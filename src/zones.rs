@@ -1,0 +1,344 @@
+//! Which zones to watch: the ones configured by ID or name, and the ones
+//! discovered through the API. A background task keeps the list current and
+//! hands each new version to the poller.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::Regex;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cloudflare::{ApiError, Client, Zone, ZoneQuery};
+use crate::config::ZoneId;
+
+/// First wait before a failed discovery or name lookup is tried again; it
+/// doubles up to the refresh interval.
+const FIRST_RETRY: Duration = Duration::from_secs(15);
+
+/// A zone as the user names it: by ID, or by its domain name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ZoneRef {
+    Id(ZoneId),
+    Name(String),
+}
+
+impl FromStr for ZoneRef {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if let Ok(id) = text.parse::<ZoneId>() {
+            return Ok(Self::Id(id));
+        }
+        if is_domain_name(text) {
+            return Ok(Self::Name(text.to_ascii_lowercase()));
+        }
+        Err(format!(
+            "{text:?} is neither a zone ID (32 lowercase hexadecimal characters) nor a \
+             zone name such as example.com"
+        ))
+    }
+}
+
+impl fmt::Display for ZoneRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Id(id) => id.fmt(f),
+            Self::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// A plausible DNS zone name: at least two labels of letters, digits and
+/// inner hyphens, 253 characters at most.
+fn is_domain_name(text: &str) -> bool {
+    let labels: Vec<&str> = text.trim_end_matches('.').split('.').collect();
+    text.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Where a watched zone came from, as the `source` label of `argo_zones`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    Configured,
+    Discovered,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Configured => "configured",
+            Self::Discovered => "discovered",
+        }
+    }
+}
+
+/// One zone the poller should poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchedZone {
+    pub id: ZoneId,
+    /// Known when the zone came from a listing or was configured by name.
+    pub name: Option<String>,
+    pub source: Source,
+}
+
+/// The zones to watch right now, in a stable order.
+pub type ZoneSet = Arc<Vec<WatchedZone>>;
+
+/// `--zones.discover` and its filters.
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    pub query: ZoneQuery,
+    pub include: Option<Regex>,
+    pub exclude: Option<Regex>,
+    pub refresh: Duration,
+}
+
+impl Discovery {
+    fn keeps(&self, name: &str) -> bool {
+        self.include.as_ref().is_none_or(|re| re.is_match(name))
+            && !self.exclude.as_ref().is_some_and(|re| re.is_match(name))
+    }
+}
+
+/// Keeps the set of watched zones current: resolves configured names and
+/// re-runs discovery every refresh interval.
+pub struct ZoneTracker {
+    client: Client,
+    configured: Vec<ZoneRef>,
+    discovery: Option<Discovery>,
+    refresh: Duration,
+    /// Names already resolved to IDs, so each is looked up once.
+    resolved: BTreeMap<String, Zone>,
+    /// The last successful discovery, kept while the API is failing.
+    discovered: Vec<Zone>,
+    sender: watch::Sender<ZoneSet>,
+}
+
+impl ZoneTracker {
+    /// The tracker and a receiver that already holds the zones configured by ID.
+    pub fn new(
+        client: Client,
+        configured: Vec<ZoneRef>,
+        discovery: Option<Discovery>,
+        refresh: Duration,
+    ) -> (Self, watch::Receiver<ZoneSet>) {
+        let mut tracker = Self {
+            client,
+            configured,
+            discovery,
+            refresh,
+            resolved: BTreeMap::new(),
+            discovered: Vec::new(),
+            sender: watch::channel(ZoneSet::default()).0,
+        };
+        let (sender, receiver) = watch::channel(tracker.current());
+        tracker.sender = sender;
+        (tracker, receiver)
+    }
+
+    /// Whether the tracker has anything to do beyond the configured IDs.
+    pub fn needs_api(&self) -> bool {
+        self.discovery.is_some()
+            || self
+                .configured
+                .iter()
+                .any(|zone| matches!(zone, ZoneRef::Name(_)))
+    }
+
+    /// Updates the set now and then every refresh interval, retrying sooner
+    /// after a failure, until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut retry = FIRST_RETRY;
+        loop {
+            let complete = self.refresh_once().await;
+            let wait = if complete {
+                retry = FIRST_RETRY;
+                self.refresh
+            } else {
+                let wait = retry.min(self.refresh);
+                retry = retry.saturating_mul(2);
+                wait
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One round of name lookups and discovery. Publishes the result and
+    /// returns whether every step succeeded.
+    pub async fn refresh_once(&mut self) -> bool {
+        let mut complete = true;
+        let names: Vec<String> = self
+            .configured
+            .iter()
+            .filter_map(|zone| match zone {
+                ZoneRef::Name(name) if !self.resolved.contains_key(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        for name in names {
+            match self.resolve(&name).await {
+                Ok(Some(zone)) => {
+                    info!(zone_name = %name, zone_id = %zone.id, "zone name resolved");
+                    self.resolved.insert(name, zone);
+                }
+                Ok(None) => {
+                    warn!(zone_name = %name, "no zone of that name is visible to the token");
+                    complete = false;
+                }
+                Err(err) => {
+                    warn!(zone_name = %name, kind = %err.kind(), error = %err, "cannot resolve zone name");
+                    complete = false;
+                }
+            }
+        }
+
+        if let Some(discovery) = &self.discovery {
+            match self.client.all_zones(&discovery.query).await {
+                Ok(zones) => {
+                    let listed = zones.len();
+                    self.discovered = zones
+                        .into_iter()
+                        .filter(|zone| discovery.keeps(&zone.name))
+                        .collect();
+                    info!(
+                        listed,
+                        kept = self.discovered.len(),
+                        "zone discovery finished"
+                    );
+                }
+                Err(err) => {
+                    warn!(
+                        kind = %err.kind(),
+                        error = %err,
+                        kept = self.discovered.len(),
+                        "zone discovery failed; keeping the zones found last time"
+                    );
+                    complete = false;
+                }
+            }
+        }
+
+        let current = self.current();
+        self.sender.send_if_modified(|published| {
+            let changed = **published != *current;
+            if changed {
+                *published = current;
+            }
+            changed
+        });
+        complete
+    }
+
+    async fn resolve(&self, name: &str) -> Result<Option<Zone>, ApiError> {
+        let query = ZoneQuery {
+            name: Some(name.to_owned()),
+            ..ZoneQuery::default()
+        };
+        let (zones, _) = self.client.list_zones(&query, 1).await?;
+        Ok(zones
+            .into_iter()
+            .find(|zone| zone.name.eq_ignore_ascii_case(name)))
+    }
+
+    /// The configured zones (those resolved so far) and the discovered ones;
+    /// a zone both configured and discovered counts as configured.
+    fn current(&self) -> ZoneSet {
+        let mut zones: BTreeMap<ZoneId, WatchedZone> = BTreeMap::new();
+        for zone in &self.discovered {
+            if let Ok(id) = zone.id.parse::<ZoneId>() {
+                zones.insert(
+                    id.clone(),
+                    WatchedZone {
+                        id,
+                        name: Some(zone.name.clone()),
+                        source: Source::Discovered,
+                    },
+                );
+            }
+        }
+        for zone in &self.configured {
+            let (id, name) = match zone {
+                ZoneRef::Id(id) => {
+                    let known = zones.get(id).and_then(|z| z.name.clone());
+                    (id.clone(), known)
+                }
+                ZoneRef::Name(name) => match self
+                    .resolved
+                    .get(name)
+                    .and_then(|zone| zone.id.parse::<ZoneId>().ok())
+                {
+                    Some(id) => (id, Some(name.clone())),
+                    None => continue,
+                },
+            };
+            zones.insert(
+                id.clone(),
+                WatchedZone {
+                    id,
+                    name,
+                    source: Source::Configured,
+                },
+            );
+        }
+        Arc::new(zones.into_values().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zone_refs_are_ids_or_names() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(id.parse::<ZoneRef>(), Ok(ZoneRef::Id(id.parse().unwrap())));
+        assert_eq!(
+            "Example.COM".parse::<ZoneRef>(),
+            Ok(ZoneRef::Name("example.com".to_owned()))
+        );
+        assert!("shop.example.co.uk".parse::<ZoneRef>().is_ok());
+        for bad in [
+            "",
+            "localhost",
+            "not-a-zone",
+            "0123456789ABCDEF0123456789ABCDEF",
+            "exa mple.com",
+            "-bad.example.com",
+            "a..b",
+            "x_y.example.com",
+        ] {
+            let err = bad.parse::<ZoneRef>().unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn discovery_filters_names() {
+        let discovery = Discovery {
+            query: ZoneQuery::default(),
+            include: Some(Regex::new(r"\.example\.com$").unwrap()),
+            exclude: Some(Regex::new("^staging").unwrap()),
+            refresh: Duration::from_secs(600),
+        };
+        assert!(discovery.keeps("shop.example.com"));
+        assert!(!discovery.keeps("staging.example.com"));
+        assert!(!discovery.keeps("shop.example.org"));
+    }
+}
