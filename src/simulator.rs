@@ -17,7 +17,7 @@ use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -88,6 +88,10 @@ struct State {
     zones: BTreeMap<String, SimZone>,
     /// When set, only this bearer token is accepted.
     token: Option<String>,
+    /// Arrival time and path of every request, when recording is on.
+    log: Option<Vec<(tokio::time::Instant, String)>>,
+    /// Answer the next request with a 429 carrying this `Retry-After`.
+    rate_limit_next: Option<u64>,
 }
 
 impl Simulator {
@@ -106,6 +110,23 @@ impl Simulator {
     pub fn require_token(self, token: impl Into<String>) -> Self {
         self.lock().token = Some(token.into());
         self
+    }
+
+    /// Records when each request arrives, for tests of the request rate.
+    pub fn record_requests(self) -> Self {
+        self.lock().log = Some(Vec::new());
+        self
+    }
+
+    /// Arrival times and paths of the requests so far (empty unless recording).
+    pub fn request_log(&self) -> Vec<(tokio::time::Instant, String)> {
+        self.lock().log.clone().unwrap_or_default()
+    }
+
+    /// Answers the next request with 429, code 971 and `Retry-After: seconds`,
+    /// as Cloudflare does to a user over the limit.
+    pub fn rate_limit_next(&self, retry_after_seconds: u64) {
+        self.lock().rate_limit_next = Some(retry_after_seconds);
     }
 
     pub fn zone(&self, id: &str) -> Option<SimZone> {
@@ -184,6 +205,24 @@ impl Simulator {
     async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let (parts, body) = request.into_parts();
+        let rate_limited = {
+            let mut state = self.lock();
+            if let Some(log) = state.log.as_mut() {
+                log.push((tokio::time::Instant::now(), parts.uri.path().to_owned()));
+            }
+            state.rate_limit_next.take()
+        };
+        if let Some(seconds) = rate_limited {
+            let mut response = failure(
+                StatusCode::TOO_MANY_REQUESTS,
+                971,
+                "Please wait and consider throttling your request speed",
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+            return response;
+        }
         if let Err(refusal) = self.authenticate(&parts.headers) {
             return refusal;
         }

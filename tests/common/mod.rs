@@ -6,7 +6,10 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use tracing_subscriber::layer::SubscriberExt;
 
 use cloudflare_argo_exporter::budget::RateLimit;
 use cloudflare_argo_exporter::cloudflare::RetryPolicy;
@@ -66,6 +69,58 @@ pub fn config(api_url: &str, zones: &[&str], interval: Duration) -> Config {
     }
 }
 
+/// Everything the exporter logged in this test process, at debug level, in
+/// its logfmt format. Tests run in parallel, so each test uses its own zone
+/// IDs and looks only at the lines that name them.
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Starts capturing logs (once per test process).
+pub fn capture_logs() {
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = LogBuffer(Arc::clone(&buffer));
+        let layer = tracing_logfmt::builder()
+            .layer()
+            .with_writer(move || writer.clone());
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::LevelFilter::DEBUG)
+            .with(layer);
+        // Another test binary's subscriber cannot exist in this process.
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        buffer
+    });
+}
+
+/// The captured log lines that contain `needle`.
+pub fn log_lines_with(needle: &str) -> Vec<String> {
+    let Some(buffer) = LOGS.get() else {
+        return Vec::new();
+    };
+    let bytes = buffer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter(|line| line.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A running exporter; dropping it without `stop` leaves the task to die with the runtime.
 pub struct Exporter {
     pub address: SocketAddr,
@@ -75,6 +130,7 @@ pub struct Exporter {
 
 impl Exporter {
     pub async fn start(config: Config) -> Self {
+        capture_logs();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let address = listener.local_addr().expect("local address");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -133,6 +189,10 @@ impl Exporter {
             .expect("exporter stops after shutdown")
             .expect("exporter task did not panic");
         result.expect("exporter ran without error");
+        assert!(
+            log_lines_with(TOKEN).is_empty(),
+            "the API token appeared in the logs"
+        );
     }
 }
 
