@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::budget::RateLimit;
@@ -157,6 +157,8 @@ pub enum ConfigError {
     },
     #[error("{origin} is empty")]
     EmptySecret { origin: String },
+    #[error("{origin} holds characters that cannot be sent in an HTTP header")]
+    UnusableSecret { origin: String },
     #[error("--cloudflare.api-url: {url:?} is not an http(s) URL: {reason}")]
     ApiUrl { url: String, reason: String },
     #[error("--web.listen-address: {address:?} {reason}")]
@@ -266,7 +268,9 @@ fn credentials_from(
         )),
         (Some(token), None, None) => Ok(Credentials::Token(token)),
         (None, Some(email), Some(key)) => Ok(Credentials::GlobalKey {
-            email,
+            email: secret(email, "CLOUDFLARE_EMAIL")?
+                .expose_secret()
+                .to_owned(),
             key: secret(key, "CLOUDFLARE_API_KEY")?,
         }),
         (None, Some(_), None) => Err(ConfigError::IncompleteGlobalKey {
@@ -284,25 +288,41 @@ fn read_token_file(path: &std::path::Path) -> Result<SecretString, ConfigError> 
         path: path.to_owned(),
         source,
     })?;
-    let token = contents.trim_end_matches(['\n', '\r']).to_owned();
-    secret(token, &format!("token file {}", path.display()))
+    secret(contents, &format!("token file {}", path.display()))
 }
 
+/// Trims surrounding white space (a copied token often has some) and checks
+/// the value can travel in an HTTP header.
 fn secret(value: String, origin: &str) -> Result<SecretString, ConfigError> {
-    if value.trim().is_empty() {
+    let value = value.trim();
+    if value.is_empty() {
         return Err(ConfigError::EmptySecret {
             origin: origin.to_owned(),
         });
     }
-    Ok(SecretString::from(value))
+    if !value.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(ConfigError::UnusableSecret {
+            origin: origin.to_owned(),
+        });
+    }
+    Ok(SecretString::from(value.to_owned()))
 }
 
 fn parse_api_url(text: &str) -> Result<Url, ConfigError> {
-    let invalid = |reason: String| ConfigError::ApiUrl {
+    let mut url = Url::parse(text).map_err(|err| ConfigError::ApiUrl {
         url: text.to_owned(),
+        reason: err.to_string(),
+    })?;
+    // The URL is echoed in errors and logs: never with a password in it.
+    let shown = {
+        let mut shown = url.clone();
+        let _ = shown.set_password(None);
+        shown.to_string()
+    };
+    let invalid = |reason: String| ConfigError::ApiUrl {
+        url: shown.clone(),
         reason,
     };
-    let mut url = Url::parse(text).map_err(|err| invalid(err.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(invalid(format!(
             "scheme {:?} is not supported",
@@ -311,6 +331,24 @@ fn parse_api_url(text: &str) -> Result<Url, ConfigError> {
     }
     if url.cannot_be_a_base() || url.query().is_some() || url.fragment().is_some() {
         return Err(invalid("it must be a plain base URL".to_owned()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            "it must not carry a user name or password".to_owned(),
+        ));
+    }
+    // Plain http would send the token in clear; it is for a local simulator
+    // or a proxy on the same machine only.
+    let loopback = match url.host() {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if url.scheme() == "http" && !loopback {
+        return Err(invalid(
+            "http is only allowed to a loopback address; use https".to_owned(),
+        ));
     }
     // Path segments are appended to the base later, which needs a trailing slash.
     if !url.path().ends_with('/') {
@@ -334,6 +372,21 @@ fn parse_listen_address(text: &str) -> Result<String, ConfigError> {
         .map_err(|_| invalid("does not end in a port number from 0 to 65535"))?;
     if host.is_empty() {
         return Ok(format!("0.0.0.0:{port}"));
+    }
+    let bracketed = host.starts_with('[') && host.ends_with(']');
+    if host.contains(':') && !bracketed {
+        return Err(invalid(
+            "has an IPv6 address without brackets (write [::1]:9832)",
+        ));
+    }
+    if bracketed
+        && host[1..host.len() - 1]
+            .parse::<std::net::Ipv6Addr>()
+            .is_err()
+    {
+        return Err(invalid(
+            "has brackets around something that is not an IPv6 address",
+        ));
     }
     Ok(text.to_owned())
 }
@@ -416,6 +469,24 @@ mod tests {
             Credentials::Token(token) => assert_eq!(token.expose_secret(), "tok-from-file"),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn secrets_are_trimmed_and_must_fit_in_a_header() {
+        let config = Config::from_args(
+            &args(&[]),
+            env_of(&[("CLOUDFLARE_API_TOKEN", "  tok-123 \n")]),
+        )
+        .unwrap();
+        match &config.api.credentials {
+            Credentials::Token(token) => assert_eq!(token.expose_secret(), "tok-123"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let err = Config::from_args(&args(&[]), env_of(&[("CLOUDFLARE_API_TOKEN", "a\nb")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CLOUDFLARE_API_TOKEN"), "{err}");
+        assert!(!err.contains("a\nb"), "{err}");
     }
 
     #[test]
@@ -562,6 +633,8 @@ mod tests {
         assert!(parse_listen_address("9832").is_err());
         assert!(parse_listen_address("localhost:http").is_err());
         assert!(parse_listen_address(":70000").is_err());
+        assert!(parse_listen_address("::1:9832").is_err());
+        assert!(parse_listen_address("[nope]:9832").is_err());
     }
 
     #[test]
@@ -574,6 +647,16 @@ mod tests {
         );
         assert!(parse_api_url("ftp://example.com").is_err());
         assert!(parse_api_url("not a url").is_err());
+        assert!(parse_api_url("https://api.cloudflare.com/client/v4").is_ok());
+        assert!(parse_api_url("http://localhost:8080/client/v4").is_ok());
+        assert!(parse_api_url("http://[::1]:8080/").is_ok());
+
+        let cleartext = parse_api_url("http://api.example.com/client/v4").unwrap_err();
+        assert!(cleartext.to_string().contains("https"), "{cleartext}");
+        let with_password = parse_api_url("https://user:hunter2@proxy.example.com/").unwrap_err();
+        let shown = with_password.to_string();
+        assert!(shown.contains("user name or password"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::budget::Budget;
 use crate::cloudflare::{Client, ClientError};
@@ -40,6 +40,8 @@ pub enum Error {
     Simulator(std::io::Error),
     #[error("internal error: {0} is invalid")]
     Internal(&'static str),
+    #[error("the poller stopped unexpectedly: {0}")]
+    PollerStopped(String),
 }
 
 /// Runs the exporter: polls Cloudflare in the background and serves metrics
@@ -101,16 +103,33 @@ pub async fn run(
         telemetry_path: config.web.telemetry_path,
         readiness,
     });
-    server::serve(listener, state, stop.clone()).await;
-    stop.cancel();
-    // The poller only ends by cancellation; a panic inside it is a bug worth surfacing.
-    if let Err(err) = polling.await {
-        if err.is_panic() {
-            std::panic::resume_unwind(err.into_panic());
+    // The poller only ends when told to; if it ends on its own (a bug), the
+    // metrics would freeze while looking healthy, so the exporter stops too.
+    let serving = server::serve(listener, state, stop.clone());
+    tokio::pin!(serving);
+    let mut polling = polling;
+    let result = tokio::select! {
+        () = &mut serving => {
+            stop.cancel();
+            polling.await.map_err(|err| Error::PollerStopped(err.to_string()))
         }
-    }
+        joined = &mut polling => {
+            // At shutdown the poller may finish before the server.
+            let expected = stop.is_cancelled() && joined.is_ok();
+            stop.cancel();
+            serving.await;
+            if expected {
+                Ok(())
+            } else {
+                let reason =
+                    joined.err().map_or_else(|| "it returned".to_owned(), |e| e.to_string());
+                error!(reason = %reason, "the poller stopped unexpectedly; shutting down");
+                Err(Error::PollerStopped(reason))
+            }
+        }
+    };
     info!("stopped");
-    Ok(())
+    result
 }
 
 /// Asks Cloudflare about the API token once at start: logs its status and

@@ -17,11 +17,12 @@ pub fn init(config: LogConfig) {
         LogLevel::Trace => LevelFilter::TRACE,
     };
     // The HTTP libraries log every connection at debug; keep them at warn
-    // unless the user asks for trace.
+    // (or quieter, if asked) unless the user asks for trace.
     let mut filter = EnvFilter::default().add_directive(level.into());
     if config.level != LogLevel::Trace {
+        let quiet = level.min(LevelFilter::WARN);
         for noisy in ["hyper", "hyper_util", "reqwest", "h2", "rustls"] {
-            if let Ok(directive) = format!("{noisy}=warn").parse() {
+            if let Ok(directive) = format!("{noisy}={quiet}").parse() {
                 filter = filter.add_directive(directive);
             }
         }
@@ -41,7 +42,8 @@ pub fn init(config: LogConfig) {
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(false)
+                    .with_current_span(true)
+                    .with_span_list(false)
                     .with_writer(std::io::stderr),
             )
             .init(),

@@ -119,8 +119,10 @@ fn env_origin(err: &clap::Error) -> String {
         return String::new();
     };
     let long = shown.split_whitespace().next().unwrap_or_default();
-    let on_command_line =
-        std::env::args().any(|arg| arg == long || arg.starts_with(&format!("{long}=")));
+    let on_command_line = std::env::args_os().any(|arg| {
+        let arg = arg.to_string_lossy();
+        arg == long || arg.starts_with(&format!("{long}="))
+    });
     let variable = Cli::command()
         .get_subcommands()
         .flat_map(|sub| sub.get_arguments().cloned().collect::<Vec<_>>())

@@ -56,6 +56,8 @@ struct ZoneState {
     last_error: Option<ErrorKind>,
     /// Cycles left to skip a zone whose plan lacks Argo.
     skip_cycles: u32,
+    /// Whether the last `modified_on` could not be read, so it is warned about once.
+    bad_modified_on: bool,
 }
 
 impl ZoneState {
@@ -74,6 +76,7 @@ impl ZoneState {
             last_value: None,
             last_error: None,
             skip_cycles: 0,
+            bad_modified_on: false,
         }
     }
 }
@@ -419,17 +422,23 @@ async fn poll_zone(
     };
 
     let modified_on = match setting.modified_at() {
-        Ok(at) => at.map(|at| at.timestamp_micros() as f64 / 1e6),
+        Ok(at) => {
+            zone.bad_modified_on = false;
+            at.map(|at| at.timestamp_micros() as f64 / 1e6)
+        }
         Err(err) => {
             metrics
                 .api
                 .observe_error(Endpoint::SmartRouting, ErrorKind::Decode);
-            warn!(
-                zone_name = %zone.labels.name,
-                modified_on = setting.modified_on.as_deref(),
-                error = %err,
-                "modified_on is not an RFC 3339 time; dropping it"
-            );
+            if !zone.bad_modified_on {
+                warn!(
+                    zone_name = %zone.labels.name,
+                    modified_on = setting.modified_on.as_deref(),
+                    error = %err,
+                    "modified_on is not an RFC 3339 time; dropping it"
+                );
+            }
+            zone.bad_modified_on = true;
             None
         }
     };
@@ -482,12 +491,17 @@ async fn look_up_name(
                 .saturating_mul(2u32.saturating_pow(failures - 1))
                 .min(MAX_NAME_RETRY);
             if failures == 1 {
+                let hint = if err.kind() == ErrorKind::Auth {
+                    "the token needs the \"Zone Read\" permission for zone names"
+                } else {
+                    "retrying later"
+                };
                 warn!(
                     kind = %err.kind(),
                     error = %err,
                     retry_in = %humantime::format_duration(delay),
-                    "cannot look up the zone name (needs the \"Zone Read\" permission); \
-                     exporting without it for now"
+                    hint,
+                    "cannot look up the zone name; exporting without it for now"
                 );
             }
             zone.name_lookup = NameLookup {

@@ -203,6 +203,44 @@ async fn secrets_never_reach_the_logs() {
 }
 
 #[tokio::test]
+async fn secrets_from_a_token_file_never_reach_the_logs() {
+    let token = "file-tok-SHOULD-NEVER-BE-LOGGED";
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes()).unwrap();
+    let path = file.path().to_str().unwrap().to_owned();
+    let output =
+        logs_of_a_refused_run("json", &[("CLOUDFLARE_API_TOKEN_FILE", path.as_str())]).await;
+    let logs = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{logs}");
+    assert!(logs.contains("Authentication error"), "{logs}");
+    assert!(!logs.contains(token), "the token was logged:\n{logs}");
+}
+
+#[test]
+fn an_unusable_token_exits_64_naming_the_variable() {
+    let output = run(
+        &["--zone", ZONE_A],
+        &[("CLOUDFLARE_API_TOKEN", "abc\u{7}def")],
+    );
+    assert_usage_error(&output, &["CLOUDFLARE_API_TOKEN"]);
+    assert!(!stderr(&output).contains("abc"), "{}", stderr(&output));
+}
+
+#[test]
+fn cleartext_api_url_to_another_host_is_refused() {
+    let output = run(
+        &[
+            "--zone",
+            ZONE_A,
+            "--cloudflare.api-url",
+            "http://api.example.com/client/v4",
+        ],
+        &[("CLOUDFLARE_API_TOKEN", "t")],
+    );
+    assert_usage_error(&output, &["--cloudflare.api-url", "https"]);
+}
+
+#[tokio::test]
 async fn a_failing_zone_is_warned_about_once() {
     let answer = ResponseTemplate::new(500).set_body_json(failure_body(1000, "Internal error"));
     let output = logs_of_a_run(answer, "logfmt", &[("CLOUDFLARE_API_TOKEN", "t")]).await;

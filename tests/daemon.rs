@@ -449,3 +449,56 @@ async fn custom_telemetry_path() {
     assert_eq!(exporter.get("/metrics").await.status(), 404);
     exporter.stop().await;
 }
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    use cloudflare_argo_exporter::config::Credentials;
+    use secrecy::SecretString;
+
+    // Following a redirect could hand the key to whoever the Location names.
+    let elsewhere = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(argo_body("on", true, None)))
+        .mount(&elsewhere)
+        .await;
+    let api = MockServer::start().await;
+    let location = format!("{}{}", elsewhere.uri(), argo_path(ZONE_A));
+    Mock::given(method("GET"))
+        .and(path(argo_path(ZONE_A)))
+        .respond_with(ResponseTemplate::new(302).insert_header("location", location.as_str()))
+        .mount(&api)
+        .await;
+
+    let mut config = config(&api.uri(), &[ZONE_A], Duration::from_secs(60));
+    config.api.credentials = Credentials::GlobalKey {
+        email: "ops@example.com".to_owned(),
+        key: SecretString::from("global-key-1234"),
+    };
+    let exporter = Exporter::start(config).await;
+    let m = exporter
+        .scrape_until("the redirect to count as a failure", |m| {
+            m.zone_value("argo_zone_poll_success", ZONE_A) == Some(0.0)
+        })
+        .await;
+    assert_eq!(m.errors("smart_routing", "api_error"), 1.0);
+    assert!(elsewhere
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .is_empty());
+    exporter.stop().await;
+}
+
+#[tokio::test]
+async fn head_requests_are_answered() {
+    let api = MockServer::start().await;
+    mock_zone(&api, ZONE_A, "a.example.com", "on", true).await;
+    let exporter = Exporter::start(config(&api.uri(), &[ZONE_A], Duration::from_secs(60))).await;
+    let head = reqwest::Client::new()
+        .head(exporter.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    exporter.stop().await;
+}

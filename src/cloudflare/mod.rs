@@ -141,6 +141,9 @@ impl Client {
             ))
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
+            // The API never redirects; following one could carry the key to
+            // another host (reqwest drops only `Authorization` on the way).
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {
             http,
@@ -298,7 +301,10 @@ impl Client {
 
         let started = Instant::now();
         let outcome = self.exchange(method, url, body).await;
-        let status = outcome.as_ref().ok().map(|answer| answer.status);
+        let status = match &outcome {
+            Ok(answer) => Some(answer.status),
+            Err(err) => err.status(),
+        };
         self.metrics
             .observe_request(endpoint, status, started.elapsed().as_secs_f64());
 
