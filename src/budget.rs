@@ -69,6 +69,9 @@ impl FromStr for RateLimit {
         if duration.is_zero() {
             return Err("the duration must be longer than zero".to_owned());
         }
+        if duration > crate::cli::MAX_DURATION {
+            return Err("the duration must be at most a week".to_owned());
+        }
         Ok(Self { count, duration })
     }
 }
@@ -83,6 +86,10 @@ impl fmt::Display for RateLimit {
         )
     }
 }
+
+/// The longest pause any header can impose. Cloudflare blocks for at most
+/// five minutes; a larger value is a bug on the way, not a reason to stop.
+const MAX_PAUSE: Duration = Duration::from_secs(15 * 60);
 
 /// The window is enforced this much longer than configured, so that network
 /// latency cannot fit one request too many into Cloudflare's own count.
@@ -164,7 +171,7 @@ impl Budget {
 
     /// Stops every request until `delay` from now (a 429's `Retry-After`).
     pub fn pause_for(&self, delay: Duration) {
-        let until = Instant::now() + delay;
+        let until = Instant::now() + delay.min(MAX_PAUSE);
         let mut state = self.lock();
         if state.paused_until.is_none_or(|current| current < until) {
             state.paused_until = Some(until);
@@ -178,6 +185,7 @@ impl Budget {
         let Some((remaining, reset)) = parse_ratelimit(value) else {
             return;
         };
+        let reset = reset.min(MAX_PAUSE);
         if remaining == 0 {
             self.pause_for(reset);
             return;
@@ -344,6 +352,15 @@ mod tests {
             .observe_ratelimit_header("\"default\";r=900;t=200", Some("\"default\";q=1200;w=300"));
         budget.acquire().await;
         assert_eq!(budget.acquire().await, Duration::from_millis(102));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn absurd_header_values_are_capped() {
+        let budget = Budget::new("10/1s".parse().unwrap());
+        budget.observe_ratelimit_header(&format!("\"default\";r=0;t={}", u64::MAX), None);
+        budget.observe_ratelimit_header(&format!("\"default\";r=1;t={}", u64::MAX), None);
+        budget.pause_for(Duration::MAX);
+        assert_eq!(budget.acquire().await, MAX_PAUSE);
     }
 
     #[test]

@@ -295,10 +295,17 @@ fn parse_account_id(text: &str) -> Result<String, String> {
     }
 }
 
+/// The longest duration any flag takes: longer ones are surely typos, and
+/// would overflow time arithmetic if taken at their word.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text).map_err(|err| err.to_string())?;
     if duration.is_zero() {
         return Err("must be longer than zero".to_owned());
+    }
+    if duration > MAX_DURATION {
+        return Err("must be at most a week".to_owned());
     }
     Ok(duration)
 }
@@ -389,6 +396,31 @@ mod tests {
                 .to_string();
             assert!(err.contains(flag), "{err}");
         }
+    }
+
+    #[test]
+    fn absurd_durations_are_refused() {
+        for flag in [
+            "--poll.interval",
+            "--cloudflare.timeout",
+            "--zones.refresh-interval",
+        ] {
+            let err = Cli::try_parse_from(["cloudflare-argo-exporter", flag, "1000years"])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(flag) && err.contains("at most a week"),
+                "{err}"
+            );
+        }
+        let err = Cli::try_parse_from([
+            "cloudflare-argo-exporter",
+            "--cloudflare.rate-limit",
+            "5/1000years",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--cloudflare.rate-limit"), "{err}");
     }
 
     #[test]

@@ -92,6 +92,10 @@ struct State {
     log: Option<Vec<(tokio::time::Instant, String)>>,
     /// Answer the next request with a 429 carrying this `Retry-After`.
     rate_limit_next: Option<u64>,
+    /// What token verification reports as the token's expiry.
+    token_expires_on: Option<DateTime<Utc>>,
+    /// When the last injected 429 was answered.
+    rate_limited_at: Option<tokio::time::Instant>,
 }
 
 impl Simulator {
@@ -127,6 +131,26 @@ impl Simulator {
     /// as Cloudflare does to a user over the limit.
     pub fn rate_limit_next(&self, retry_after_seconds: u64) {
         self.lock().rate_limit_next = Some(retry_after_seconds);
+    }
+
+    /// Adds a zone, or replaces the one with the same ID.
+    pub fn insert(&self, zone: SimZone) {
+        self.lock().zones.insert(zone.id.clone(), zone);
+    }
+
+    /// Deletes a zone, as when it leaves the account.
+    pub fn remove(&self, id: &str) -> Option<SimZone> {
+        self.lock().zones.remove(id)
+    }
+
+    /// When the last 429 asked for with [`Simulator::rate_limit_next`] was sent.
+    pub fn rate_limited_at(&self) -> Option<tokio::time::Instant> {
+        self.lock().rate_limited_at
+    }
+
+    /// Makes token verification report this expiry time.
+    pub fn set_token_expiry(&self, expires_on: DateTime<Utc>) {
+        self.lock().token_expires_on = Some(expires_on);
     }
 
     pub fn zone(&self, id: &str) -> Option<SimZone> {
@@ -207,10 +231,15 @@ impl Simulator {
         let (parts, body) = request.into_parts();
         let rate_limited = {
             let mut state = self.lock();
+            let now = tokio::time::Instant::now();
             if let Some(log) = state.log.as_mut() {
-                log.push((tokio::time::Instant::now(), parts.uri.path().to_owned()));
+                log.push((now, parts.uri.path().to_owned()));
             }
-            state.rate_limit_next.take()
+            let limited = state.rate_limit_next.take();
+            if limited.is_some() {
+                state.rate_limited_at = Some(now);
+            }
+            limited
         };
         if let Some(seconds) = rate_limited {
             let mut response = failure(
@@ -241,10 +270,7 @@ impl Simulator {
             (&Method::GET, ["zones", id]) => self.get_zone(id),
             (&Method::GET, ["zones", id, "argo", "smart_routing"]) => self.get_argo(id),
             (&Method::PATCH, ["zones", id, "argo", "smart_routing"]) => self.patch_argo(id, &body),
-            (&Method::GET, ["user", "tokens", "verify"]) => success(json!({
-                "id": "ed17574386854bf78a67040be0a770b0",
-                "status": "active",
-            })),
+            (&Method::GET, ["user", "tokens", "verify"]) => self.verify_token(),
             _ => no_route(),
         }
     }
@@ -276,6 +302,18 @@ impl Simulator {
                 "Invalid request headers",
             )),
         }
+    }
+
+    fn verify_token(&self) -> Response<Full<Bytes>> {
+        let expires_on = self.lock().token_expires_on;
+        let mut result = json!({
+            "id": "ed17574386854bf78a67040be0a770b0",
+            "status": "active",
+        });
+        if let Some(at) = expires_on {
+            result["expires_on"] = json!(at.to_rfc3339_opts(SecondsFormat::Secs, true));
+        }
+        success(result)
     }
 
     fn get_argo(&self, id: &str) -> Response<Full<Bytes>> {

@@ -298,3 +298,16 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Serves `simulator` on a free loopback port and returns its API base URL.
+/// It runs until the test's runtime ends.
+pub async fn serve_simulator(simulator: &cloudflare_argo_exporter::simulator::Simulator) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let address = listener.local_addr().expect("local address");
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(simulator.clone().serve(listener, stop));
+    format!(
+        "http://{address}{}",
+        cloudflare_argo_exporter::simulator::BASE_PATH
+    )
+}

@@ -1,0 +1,244 @@
+//! Zones found through the API: discovery with its filters, zones that come
+//! and go, zones configured by name, and the token check at start.
+
+mod common;
+
+use std::time::Duration;
+
+use cloudflare_argo_exporter::cloudflare::ArgoValue;
+use cloudflare_argo_exporter::cloudflare::ZoneQuery;
+use cloudflare_argo_exporter::simulator::{SimZone, Simulator};
+use cloudflare_argo_exporter::zones::{Discovery, ZoneRef};
+use common::*;
+use regex::Regex;
+
+fn numbered_id(n: u32) -> String {
+    format!("{n:032x}")
+}
+
+fn discover_config(
+    api_url: &str,
+    include: Option<&str>,
+    exclude: Option<&str>,
+) -> cloudflare_argo_exporter::config::Config {
+    let mut config = config(api_url, &[], Duration::from_millis(200));
+    let refresh = Duration::from_millis(300);
+    config.discovery = Some(Discovery {
+        query: ZoneQuery {
+            status: Some("active".to_owned()),
+            ..ZoneQuery::default()
+        },
+        include: include.map(|re| Regex::new(re).unwrap()),
+        exclude: exclude.map(|re| Regex::new(re).unwrap()),
+        refresh,
+    });
+    config.zones_refresh = refresh;
+    config
+}
+
+#[tokio::test]
+async fn discovers_every_page_and_applies_the_filters() {
+    // 120 zones are three pages of 50.
+    let simulator = Simulator::numbered(120);
+    simulator.update(&numbered_id(8), |zone| zone.status = "pending".to_owned());
+    let url = serve_simulator(&simulator).await;
+
+    let config = discover_config(&url, Some(r"^zone-\d+\.example\.com$"), Some(r"^zone-7\."));
+    let exporter = Exporter::start(config).await;
+    let m = exporter
+        .scrape_until("118 discovered zones", |m| {
+            m.value("argo_zones", &[("source", "discovered")]) == Some(118.0)
+        })
+        .await;
+    let m = if m
+        .zone_value("argo_zone_poll_success", &numbered_id(120))
+        .is_some()
+    {
+        m
+    } else {
+        exporter
+            .scrape_until("the last zone polled", |m| {
+                m.zone_value("argo_zone_poll_success", &numbered_id(120)) == Some(1.0)
+            })
+            .await
+    };
+    // Zone 7 is excluded by name and zone 8 is not active.
+    assert_eq!(m.zone_value("argo_enabled", &numbered_id(7)), None);
+    assert_eq!(m.zone_value("argo_enabled", &numbered_id(8)), None);
+    assert_eq!(
+        m.value(
+            "argo_enabled",
+            &[
+                ("zone_id", &numbered_id(10)),
+                ("zone_name", "zone-10.example.com")
+            ]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        m.value("argo_zones", &[("source", "configured")]),
+        Some(0.0)
+    );
+    exporter.stop().await;
+}
+
+#[tokio::test]
+async fn zones_that_come_and_go_need_no_restart() {
+    let simulator = Simulator::numbered(5);
+    let url = serve_simulator(&simulator).await;
+    let exporter = Exporter::start(discover_config(&url, None, None)).await;
+    exporter
+        .scrape_until("zone 3", |m| {
+            m.zone_value("argo_enabled", &numbered_id(3)) == Some(1.0)
+        })
+        .await;
+
+    simulator.remove(&numbered_id(3));
+    simulator.insert(SimZone::new(
+        numbered_id(900),
+        "new.example.com",
+        ArgoValue::Off,
+    ));
+    let m = exporter
+        .scrape_until("zone 3 gone and zone 900 there", |m| {
+            m.zone_value("argo_enabled", &numbered_id(900)) == Some(0.0)
+                && !m.text.contains(&numbered_id(3))
+        })
+        .await;
+    assert_eq!(
+        m.value("argo_zones", &[("source", "discovered")]),
+        Some(5.0)
+    );
+    exporter.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_listing_keeps_the_zones_found_before() {
+    let simulator = Simulator::numbered(3).require_token(TOKEN);
+    let url = serve_simulator(&simulator).await;
+    let exporter = Exporter::start(discover_config(&url, None, None)).await;
+    exporter
+        .scrape_until("three zones", |m| {
+            m.value("argo_zones", &[("source", "discovered")]) == Some(3.0)
+        })
+        .await;
+
+    // Every request is now refused; the zones stay (with failing polls).
+    let simulator = simulator.require_token("another-token");
+    let m = exporter
+        .scrape_until("polls to fail", |m| {
+            m.zone_value("argo_zone_poll_success", &numbered_id(1)) == Some(0.0)
+        })
+        .await;
+    assert!(m.errors("zones", "auth") >= 1.0 || m.errors("smart_routing", "auth") >= 1.0);
+    assert_eq!(
+        m.value("argo_zones", &[("source", "discovered")]),
+        Some(3.0)
+    );
+    assert_eq!(m.zone_value("argo_enabled", &numbered_id(1)), Some(1.0));
+    drop(simulator);
+    exporter.stop().await;
+}
+
+#[tokio::test]
+async fn zones_can_be_configured_by_name() {
+    let simulator = Simulator::numbered(10);
+    let url = serve_simulator(&simulator).await;
+    let mut config = config(&url, &[], Duration::from_millis(200));
+    config.zones = vec![
+        ZoneRef::Name("zone-5.example.com".to_owned()),
+        ZoneRef::Id(zone(&numbered_id(6))),
+    ];
+    let exporter = Exporter::start(config).await;
+    let m = exporter
+        .scrape_until("both zones", |m| {
+            m.value(
+                "argo_enabled",
+                &[
+                    ("zone_id", &numbered_id(5)),
+                    ("zone_name", "zone-5.example.com"),
+                ],
+            ) == Some(1.0)
+                && m.value(
+                    "argo_enabled",
+                    &[
+                        ("zone_id", &numbered_id(6)),
+                        ("zone_name", "zone-6.example.com"),
+                    ],
+                ) == Some(1.0)
+        })
+        .await;
+    assert_eq!(
+        m.value("argo_zones", &[("source", "configured")]),
+        Some(2.0)
+    );
+    exporter.stop().await;
+}
+
+#[tokio::test]
+async fn token_expiry_is_exported() {
+    let simulator = Simulator::numbered(1);
+    let expires = chrono::DateTime::parse_from_rfc3339("2027-06-30T00:00:00Z").unwrap();
+    simulator.set_token_expiry(expires.with_timezone(&chrono::Utc));
+    let url = serve_simulator(&simulator).await;
+    let exporter = Exporter::start(config(&url, &[&numbered_id(1)], Duration::from_secs(60))).await;
+    exporter
+        .scrape_until("the token expiry", |m| {
+            m.value("argo_api_token_expiry_timestamp_seconds", &[])
+                == Some(expires.timestamp() as f64)
+        })
+        .await;
+    exporter.stop().await;
+}
+
+#[tokio::test]
+async fn a_zone_without_argo_in_its_plan_reads_as_off_and_is_asked_rarely() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let zone = numbered_id(0x1015);
+    let argo = format!("/zones/{zone}/argo/smart_routing");
+    let api = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(argo.as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(argo_body("on", true, None)))
+        .up_to_n_times(1)
+        .mount(&api)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(argo.as_str()))
+        .respond_with(ResponseTemplate::new(401).set_body_json(failure_body(
+            1015,
+            "Not entitled to access this setting: smart_routing",
+        )))
+        .mount(&api)
+        .await;
+
+    let exporter = Exporter::start(config(&api.uri(), &[&zone], Duration::from_millis(50))).await;
+    // A lapsed plan must look like Argo turning off, not like an outage.
+    let m = exporter
+        .scrape_until("the zone to lose Argo", |m| {
+            m.zone_value("argo_zone_entitled", &zone) == Some(0.0)
+        })
+        .await;
+    assert_eq!(m.zone_value("argo_enabled", &zone), Some(0.0));
+    assert_eq!(m.zone_value("argo_editable", &zone), Some(0.0));
+    assert_eq!(m.zone_value("argo_zone_poll_success", &zone), Some(1.0));
+    assert_eq!(m.errors("smart_routing", "not_entitled"), 1.0);
+
+    // Cycles 1 and 2 asked; cycles 3 to 11 skip the zone; cycle 12 asks again.
+    let asked = || async {
+        let requests = api.received_requests().await.unwrap_or_default();
+        requests.iter().filter(|r| r.url.path() == argo).count()
+    };
+    let after_cycles = |n: f64| {
+        exporter.scrape_until("more cycles", move |m| {
+            m.value("argo_poll_cycles_total", &[]).unwrap_or(0.0) >= n
+        })
+    };
+    after_cycles(5.0).await;
+    assert_eq!(asked().await, 2);
+    after_cycles(13.0).await;
+    assert_eq!(asked().await, 3);
+    exporter.stop().await;
+}
