@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use regex::Regex;
 
 use crate::budget::RateLimit;
-use crate::zones::ZoneRef;
+use crate::zones::{Expectation, ZoneRef};
 
 /// Where the exporter listens unless told otherwise. Chosen from the
 /// exporter range (9100-9999) and not used by any exporter we know of.
@@ -42,11 +42,85 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run only the Cloudflare API simulator (for benchmarks and fire drills).
     Simulate(SimulateArgs),
+    /// Print every zone's Argo state, expectation and verdict.
+    Status(StatusArgs),
+    /// Poll every zone once. Exit 0 when every zone meets its expectation,
+    /// 1 when one does not, 2 when one could not be read.
+    Check(StatusArgs),
+    /// Turn Argo Smart Routing on for the given zones (read, check editable,
+    /// change, read back).
+    Enable(ChangeArgs),
+    /// Turn Argo Smart Routing off for the given zones (read, check editable,
+    /// change, read back).
+    Disable(ChangeArgs),
+}
+
+/// Flags of `status` and `check`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub sources: ZoneArgs,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
+
+    /// How to print the result.
+    #[arg(long = "output", value_name = "FORMAT", default_value = "table")]
+    pub output: OutputFormat,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Flags of `enable` and `disable`.
+#[derive(Debug, Args)]
+pub struct ChangeArgs {
+    /// Zones to change, by ID or name.
+    #[arg(value_name = "ZONE", required = true)]
+    pub zones: Vec<ZoneRef>,
+
+    /// Show what would change without changing anything.
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
 }
 
 /// Flags of the exporter daemon, the default command.
 #[derive(Debug, Args)]
 pub struct ExporterArgs {
+    #[command(flatten)]
+    pub sources: ZoneArgs,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
+
+    #[command(flatten)]
+    pub poll: PollArgs,
+
+    #[command(flatten)]
+    pub web: WebArgs,
+
+    #[command(flatten)]
+    pub alerting: AlertingArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Which zones to watch, and what state Argo should be in on them.
+#[derive(Debug, Args)]
+pub struct ZoneArgs {
     /// Zone to watch: its ID (32 lowercase hex characters) or its name
     /// (example.com). Repeat the flag, or give a comma-separated list in the
     /// environment variable.
@@ -58,7 +132,8 @@ pub struct ExporterArgs {
     )]
     pub zones: Vec<ZoneRef>,
 
-    /// YAML file listing zones to watch, by ID or name.
+    /// YAML file listing zones to watch, by ID or name, each optionally with
+    /// its own `expect`.
     #[arg(
         long = "config.file",
         value_name = "PATH",
@@ -66,9 +141,24 @@ pub struct ExporterArgs {
     )]
     pub config_file: Option<PathBuf>,
 
+    /// The state Argo Smart Routing should be in on zones that do not say
+    /// otherwise in the config file; a zone found off where "on" is expected
+    /// raises the alarm.
+    #[arg(
+        long = "argo.expect",
+        value_name = "STATE",
+        env = "ARGO_EXPORTER_ARGO_EXPECT",
+        default_value = "on"
+    )]
+    pub expect: Expectation,
+
     #[command(flatten)]
     pub discovery: DiscoveryArgs,
+}
 
+/// How to reach the Cloudflare API.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
     /// Read the Cloudflare API token from this file (trailing newline trimmed)
     /// instead of CLOUDFLARE_API_TOKEN.
     #[arg(
@@ -106,15 +196,36 @@ pub struct ExporterArgs {
         default_value = "1000/5m"
     )]
     pub rate_limit: RateLimit,
+}
 
-    #[command(flatten)]
-    pub poll: PollArgs,
+/// Alerts sent by the daemon itself, and automatic re-enabling.
+#[derive(Debug, Args)]
+pub struct AlertingArgs {
+    /// Alertmanager to send the unexpected-disable alert to, as soon as a poll
+    /// sees it (e.g. http://alertmanager:9093). Repeat for an HA pair.
+    #[arg(
+        long = "alertmanager.url",
+        value_name = "URL",
+        env = "ARGO_EXPORTER_ALERTMANAGER_URLS",
+        value_delimiter = ','
+    )]
+    pub alertmanager_urls: Vec<String>,
 
-    #[command(flatten)]
-    pub web: WebArgs,
+    /// Turn Argo back on, through the API, on a zone expected on that is
+    /// found off and editable, once it has been off for --enforce.grace.
+    #[arg(long = "enforce", env = "ARGO_EXPORTER_ENFORCE")]
+    pub enforce: bool,
 
-    #[command(flatten)]
-    pub log: LogArgs,
+    /// How long a zone must stay off before --enforce turns it back on, and
+    /// the least time between two attempts on the same zone.
+    #[arg(
+        long = "enforce.grace",
+        value_name = "DURATION",
+        env = "ARGO_EXPORTER_ENFORCE_GRACE",
+        default_value = "5m",
+        value_parser = parse_positive_duration
+    )]
+    pub enforce_grace: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -245,6 +356,9 @@ pub struct DemoArgs {
     pub web: WebArgs,
 
     #[command(flatten)]
+    pub alerting: AlertingArgs,
+
+    #[command(flatten)]
     pub log: LogArgs,
 }
 
@@ -320,7 +434,7 @@ mod tests {
         assert!(cli.command.is_none());
         assert_eq!(cli.exporter.poll.interval, Duration::from_secs(60));
         assert_eq!(cli.exporter.poll.concurrency, 8);
-        assert_eq!(cli.exporter.timeout, Duration::from_secs(10));
+        assert_eq!(cli.exporter.api.timeout, Duration::from_secs(10));
         assert_eq!(cli.exporter.web.listen_address, ":9832");
         assert_eq!(cli.exporter.web.telemetry_path, "/metrics");
         assert_eq!(cli.exporter.log.format, LogFormat::Logfmt);
@@ -338,7 +452,13 @@ mod tests {
             &format!("{b},{a}"),
         ])
         .unwrap();
-        let zones: Vec<String> = cli.exporter.zones.iter().map(ZoneRef::to_string).collect();
+        let zones: Vec<String> = cli
+            .exporter
+            .sources
+            .zones
+            .iter()
+            .map(ZoneRef::to_string)
+            .collect();
         assert_eq!(zones, [a, b, a]);
     }
 
@@ -356,7 +476,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["cloudflare-argo-exporter", "--zone", "example.com"]).unwrap();
         assert_eq!(
-            cli.exporter.zones,
+            cli.exporter.sources.zones,
             [ZoneRef::Name("example.com".to_owned())]
         );
     }
@@ -374,7 +494,7 @@ mod tests {
             "50/1s",
         ])
         .unwrap();
-        let discovery = &cli.exporter.discovery;
+        let discovery = &cli.exporter.sources.discovery;
         assert!(discovery.discover);
         assert!(discovery
             .include
@@ -383,7 +503,7 @@ mod tests {
             .is_match("shop.example.com"));
         assert_eq!(discovery.status, "active");
         assert_eq!(discovery.refresh_interval, Duration::from_secs(300));
-        assert_eq!(cli.exporter.rate_limit.count, 50);
+        assert_eq!(cli.exporter.api.rate_limit.count, 50);
 
         for (flag, value) in [
             ("--zones.include", "(unclosed"),

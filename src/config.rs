@@ -1,6 +1,7 @@
 //! The validated configuration of the exporter, built once from the raw flags
 //! and the environment. Everything after start-up works with these types only.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -11,10 +12,13 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::budget::RateLimit;
-use crate::cli::{DiscoveryArgs, ExporterArgs, LogArgs, LogFormat, LogLevel, PollArgs, WebArgs};
+use crate::cli::{
+    AlertingArgs, ApiArgs, DiscoveryArgs, ExporterArgs, LogArgs, LogFormat, LogLevel, PollArgs,
+    WebArgs, ZoneArgs,
+};
 use crate::cloudflare::{RetryPolicy, ZoneQuery};
 use crate::config_file::{ConfigFile, FileError};
-use crate::zones::{Discovery, ZoneRef};
+use crate::zones::{ConfiguredZone, Discovery, Expectation, ZoneRef, ZoneSources};
 
 /// Base URL of the real Cloudflare v4 API.
 pub const DEFAULT_API_URL: &str = "https://api.cloudflare.com/client/v4";
@@ -70,14 +74,22 @@ pub enum Credentials {
 
 #[derive(Debug)]
 pub struct Config {
-    /// Zones from `--zone` and the configuration file, without duplicates.
-    pub zones: Vec<ZoneRef>,
-    pub discovery: Option<Discovery>,
-    /// How often zone names are resolved again and discovery re-runs.
-    pub zones_refresh: Duration,
+    pub zones: ZoneSources,
     pub api: ApiConfig,
     pub poll: PollConfig,
     pub web: WebConfig,
+    pub alerting: AlertingConfig,
+}
+
+/// What the daemon does itself when Argo is found off where it should be on.
+#[derive(Debug, Clone)]
+pub struct AlertingConfig {
+    /// Alertmanagers to push the unexpected-disable alert to.
+    pub alertmanagers: Vec<Url>,
+    /// With `--enforce`: how long a zone stays off before it is turned back on.
+    pub enforce_grace: Option<Duration>,
+    /// How often a firing alert is sent again.
+    pub resend_interval: Duration,
 }
 
 #[derive(Debug)]
@@ -137,6 +149,8 @@ pub enum ConfigError {
          or --zones.discover"
     )]
     NoZones,
+    #[error("--alertmanager.url: {url:?} {reason}")]
+    AlertmanagerUrl { url: String, reason: String },
     #[error("{flag} only applies with --zones.discover")]
     DiscoveryFilterWithoutDiscovery { flag: &'static str },
     #[error(transparent)]
@@ -179,33 +193,101 @@ impl Config {
         args: &ExporterArgs,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let mut zones = args.zones.clone();
+        Ok(Self {
+            zones: ZoneSources::from_args(&args.sources)?,
+            api: ApiConfig::from_args(&args.api, env)?,
+            poll: PollConfig::from(&args.poll),
+            web: WebConfig::from_args(&args.web)?,
+            alerting: AlertingConfig::from_args(&args.alerting)?,
+        })
+    }
+}
+
+impl ZoneSources {
+    /// The zones of `--zone` and the file (the file's entry wins for a zone
+    /// named in both), and discovery. Refuses a configuration with no zones.
+    pub fn from_args(args: &ZoneArgs) -> Result<Self, ConfigError> {
+        let mut zones: BTreeMap<ZoneRef, Option<Expectation>> =
+            args.zones.iter().map(|zone| (zone.clone(), None)).collect();
         if let Some(path) = &args.config_file {
-            let file = ConfigFile::load(path)?;
-            zones.extend(file.zones.into_iter().map(|entry| entry.zone));
+            for entry in ConfigFile::load(path)?.zones {
+                zones.insert(entry.zone, entry.expect);
+            }
         }
-        zones.sort();
-        zones.dedup();
         let discovery = discovery_from(&args.discovery)?;
         if zones.is_empty() && discovery.is_none() {
             return Err(ConfigError::NoZones);
         }
-
         Ok(Self {
-            zones,
+            configured: zones
+                .into_iter()
+                .map(|(zone, expect)| ConfiguredZone { zone, expect })
+                .collect(),
             discovery,
-            zones_refresh: args.discovery.refresh_interval,
-            api: ApiConfig {
-                base_url: parse_api_url(&args.api_url)?,
-                credentials: credentials_from(args.api_token_file.as_deref(), env)?,
-                timeout: args.timeout,
-                rate_limit: args.rate_limit,
-                retry: RetryPolicy::default(),
-            },
-            poll: PollConfig::from(&args.poll),
-            web: WebConfig::from_args(&args.web)?,
+            refresh: args.discovery.refresh_interval,
+            default_expect: args.expect,
         })
     }
+}
+
+impl ApiConfig {
+    pub fn from_args(
+        args: &ApiArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self {
+            base_url: parse_api_url(&args.api_url)?,
+            credentials: credentials_from(args.api_token_file.as_deref(), env)?,
+            timeout: args.timeout,
+            rate_limit: args.rate_limit,
+            retry: RetryPolicy::default(),
+        })
+    }
+}
+
+impl Default for AlertingConfig {
+    /// No Alertmanager, no enforcing.
+    fn default() -> Self {
+        Self {
+            alertmanagers: Vec::new(),
+            enforce_grace: None,
+            resend_interval: crate::alerting::DEFAULT_RESEND_INTERVAL,
+        }
+    }
+}
+
+impl AlertingConfig {
+    pub fn from_args(args: &AlertingArgs) -> Result<Self, ConfigError> {
+        let alertmanagers = args
+            .alertmanager_urls
+            .iter()
+            .map(|text| parse_alertmanager_url(text))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            alertmanagers,
+            enforce_grace: args.enforce.then_some(args.enforce_grace),
+            resend_interval: crate::alerting::DEFAULT_RESEND_INTERVAL,
+        })
+    }
+}
+
+fn parse_alertmanager_url(text: &str) -> Result<Url, ConfigError> {
+    let invalid = |reason: &str| ConfigError::AlertmanagerUrl {
+        url: text.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let mut url = Url::parse(text).map_err(|err| invalid(&err.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+        return Err(invalid("it must be an http(s) URL"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("it must be a plain base URL"));
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
 }
 
 impl WebConfig {
@@ -566,7 +648,7 @@ mod tests {
             env_of(&[("CLOUDFLARE_API_TOKEN", "t")]),
         )
         .unwrap();
-        assert_eq!(config.zones.len(), 1);
+        assert_eq!(config.zones.configured.len(), 1);
     }
 
     #[test]
@@ -579,19 +661,74 @@ mod tests {
             env_of(&[("CLOUDFLARE_API_TOKEN", "t")]),
         )
         .unwrap();
+        let zones: Vec<&ZoneRef> = config.zones.configured.iter().map(|c| &c.zone).collect();
         assert_eq!(
-            config.zones,
+            zones,
             [
-                ZoneRef::Id(ZONE.parse().unwrap()),
-                ZoneRef::Name("example.com".to_owned())
+                &ZoneRef::Id(ZONE.parse().unwrap()),
+                &ZoneRef::Name("example.com".to_owned())
             ]
         );
     }
 
     #[test]
+    fn the_file_sets_expectations_and_wins_over_the_flag() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "zones:\n  - id: {ZONE}\n    expect: off").unwrap();
+        let path = file.path().to_str().unwrap();
+        let config = Config::from_args(
+            &args(&["--config.file", path, "--argo.expect", "any"]),
+            env_of(&[("CLOUDFLARE_API_TOKEN", "t")]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.zones.configured,
+            [ConfiguredZone {
+                zone: ZoneRef::Id(ZONE.parse().unwrap()),
+                expect: Some(Expectation::Off)
+            }]
+        );
+        assert_eq!(config.zones.default_expect, Expectation::Any);
+    }
+
+    #[test]
+    fn alerting_flags() {
+        let config = Config::from_args(
+            &args(&[
+                "--alertmanager.url",
+                "http://am-1:9093",
+                "--alertmanager.url",
+                "http://am-2:9093/prefix",
+                "--enforce",
+            ]),
+            env_of(&[("CLOUDFLARE_API_TOKEN", "t")]),
+        )
+        .unwrap();
+        let urls: Vec<&str> = config
+            .alerting
+            .alertmanagers
+            .iter()
+            .map(Url::as_str)
+            .collect();
+        assert_eq!(urls, ["http://am-1:9093/", "http://am-2:9093/prefix/"]);
+        assert_eq!(
+            config.alerting.enforce_grace,
+            Some(Duration::from_secs(300))
+        );
+
+        let err = Config::from_args(
+            &args(&["--alertmanager.url", "am-1:9093"]),
+            env_of(&[("CLOUDFLARE_API_TOKEN", "t")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("--alertmanager.url"), "{err}");
+    }
+
+    #[test]
     fn a_bad_config_file_names_the_flag_file_and_line() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
-        writeln!(file, "zones:\n  - name: example.com\n    expect: maybe").unwrap();
+        writeln!(file, "zones:\n  - name: example.com\n    colour: red").unwrap();
         let path = file.path().to_str().unwrap();
         let err = Config::from_args(
             &args(&["--config.file", path]),
@@ -608,9 +745,9 @@ mod tests {
         let cli = Cli::try_parse_from(["x", "--zones.discover", "--zones.status", "any"]).unwrap();
         let config =
             Config::from_args(&cli.exporter, env_of(&[("CLOUDFLARE_API_TOKEN", "t")])).unwrap();
-        let discovery = config.discovery.unwrap();
+        let discovery = config.zones.discovery.unwrap();
         assert_eq!(discovery.query.status, None);
-        assert!(config.zones.is_empty());
+        assert!(config.zones.configured.is_empty());
 
         let cli = Cli::try_parse_from(["x", "--zone", ZONE, "--zones.include", "shop"]).unwrap();
         let err = Config::from_args(&cli.exporter, env_of(&[("CLOUDFLARE_API_TOKEN", "t")]))

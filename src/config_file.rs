@@ -1,6 +1,7 @@
 //! The optional YAML configuration file (`--config.file`): the zones to
-//! watch, by ID or name. Unknown keys and bad values are refused with the
-//! file, line and reason.
+//! watch, by ID or name, each with its expected Argo state if it differs from
+//! `--argo.expect`. Unknown keys and bad values are refused with the file,
+//! line and reason.
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +9,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
 use crate::config::ZoneId;
-use crate::zones::ZoneRef;
+use crate::zones::{Expectation, ZoneRef};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,11 +18,13 @@ pub struct ConfigFile {
     pub zones: Vec<ZoneEntry>,
 }
 
-/// One zone of the file: `- id: <zone ID>` or `- name: <zone name>`.
+/// One zone of the file: `- id: <zone ID>` or `- name: <zone name>`, and
+/// optionally `expect: on|off|any`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "RawZoneEntry")]
 pub struct ZoneEntry {
     pub zone: ZoneRef,
+    pub expect: Option<Expectation>,
 }
 
 /// Each field is checked as it is read, so a bad value is reported at its own line.
@@ -32,6 +35,8 @@ struct RawZoneEntry {
     id: Option<ZoneId>,
     #[serde(default, deserialize_with = "zone_name")]
     name: Option<String>,
+    #[serde(default, deserialize_with = "expectation")]
+    expect: Option<Expectation>,
 }
 
 impl TryFrom<RawZoneEntry> for ZoneEntry {
@@ -44,7 +49,28 @@ impl TryFrom<RawZoneEntry> for ZoneEntry {
             (Some(_), Some(_)) => return Err("give a zone `id` or `name`, not both".to_owned()),
             (None, None) => return Err("a zone needs `id` or `name`".to_owned()),
         };
-        Ok(Self { zone })
+        Ok(Self {
+            zone,
+            expect: raw.expect,
+        })
+    }
+}
+
+/// `on`, `off` or `any`; YAML 1.1 readers turn a bare on/off into a boolean,
+/// so `true` and `false` are taken to mean the same.
+fn expectation<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Expectation>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Flag(bool),
+        Word(String),
+    }
+    match Raw::deserialize(deserializer)? {
+        Raw::Flag(true) => Ok(Some(Expectation::On)),
+        Raw::Flag(false) => Ok(Some(Expectation::Off)),
+        Raw::Word(word) => word.parse().map(Some).map_err(D::Error::custom),
     }
 }
 
@@ -102,20 +128,29 @@ mod tests {
     #[test]
     fn zones_by_id_and_name() {
         let file = ConfigFile::parse(
-            "zones:\n  - id: 0123456789abcdef0123456789abcdef\n  - name: Example.com\n",
+            "zones:\n  - id: 0123456789abcdef0123456789abcdef\n    expect: off\n  \
+             - name: Example.com\n  - name: b.example.com\n    expect: any\n",
         )
         .unwrap();
         assert_eq!(
             file.zones,
             [
                 ZoneEntry {
-                    zone: ZoneRef::Id("0123456789abcdef0123456789abcdef".parse().unwrap())
+                    zone: ZoneRef::Id("0123456789abcdef0123456789abcdef".parse().unwrap()),
+                    expect: Some(Expectation::Off),
                 },
                 ZoneEntry {
-                    zone: ZoneRef::Name("example.com".to_owned())
+                    zone: ZoneRef::Name("example.com".to_owned()),
+                    expect: None,
+                },
+                ZoneEntry {
+                    zone: ZoneRef::Name("b.example.com".to_owned()),
+                    expect: Some(Expectation::Any),
                 },
             ]
         );
+        let quoted = ConfigFile::parse("zones:\n  - name: a.example.com\n    expect: \"on\"\n");
+        assert_eq!(quoted.unwrap().zones[0].expect, Some(Expectation::On));
     }
 
     #[test]

@@ -12,9 +12,9 @@ use tracing::info;
 
 use crate::budget::RateLimit;
 use crate::cloudflare::{ArgoValue, RetryPolicy, ZoneQuery};
-use crate::config::{ApiConfig, Config, Credentials, PollConfig, WebConfig};
+use crate::config::{AlertingConfig, ApiConfig, Config, Credentials, PollConfig, WebConfig};
 use crate::simulator::{SimZone, Simulator, BASE_PATH};
-use crate::zones::Discovery;
+use crate::zones::{ConfiguredZone, Discovery, Expectation, ZoneRef, ZoneSources};
 
 /// The token the demo's simulator accepts; it opens nothing real.
 const DEMO_TOKEN: &str = "demo-token-not-a-secret";
@@ -62,6 +62,7 @@ pub fn zones() -> Vec<SimZone> {
 pub async fn run(
     poll: PollConfig,
     web: WebConfig,
+    alerting: AlertingConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), crate::Error> {
@@ -75,19 +76,26 @@ pub async fn run(
     tokio::spawn(flap(simulator.clone(), stop.clone()));
 
     let base_url = format!("http://{api_address}{BASE_PATH}/");
-    // The demo finds its zones the way --zones.discover does.
+    // The demo finds its zones the way --zones.discover does; Argo is
+    // expected on everywhere but on the blog.
     let config = Config {
-        zones: Vec::new(),
-        discovery: Some(Discovery {
-            query: ZoneQuery {
-                status: Some("active".to_owned()),
-                ..ZoneQuery::default()
-            },
-            include: None,
-            exclude: None,
+        zones: ZoneSources {
+            configured: vec![ConfiguredZone {
+                zone: ZoneRef::Name("blog.example.com".to_owned()),
+                expect: Some(Expectation::Off),
+            }],
+            discovery: Some(Discovery {
+                query: ZoneQuery {
+                    status: Some("active".to_owned()),
+                    ..ZoneQuery::default()
+                },
+                include: None,
+                exclude: None,
+                refresh: ZONE_REFRESH,
+            }),
             refresh: ZONE_REFRESH,
-        }),
-        zones_refresh: ZONE_REFRESH,
+            default_expect: Expectation::On,
+        },
         api: ApiConfig {
             base_url: base_url
                 .parse()
@@ -99,6 +107,7 @@ pub async fn run(
         },
         poll,
         web,
+        alerting,
     };
     let zone_count = simulator.zone_ids().len();
 

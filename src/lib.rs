@@ -1,9 +1,11 @@
 //! Cloudflare Argo Smart Routing exporter: polls the Cloudflare API for each
 //! zone and serves what it found as Prometheus metrics.
 
+pub mod alerting;
 pub mod budget;
 pub mod cli;
 pub mod cloudflare;
+pub mod commands;
 pub mod config;
 pub mod config_file;
 pub mod demo;
@@ -21,11 +23,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::alerting::{AlertBoard, Notifier};
 use crate::budget::Budget;
 use crate::cloudflare::{Client, ClientError};
 use crate::config::{Config, Credentials};
 use crate::metrics::Metrics;
-use crate::poller::{Poller, Readiness};
+use crate::poller::{Actions, Poller, Readiness};
 use crate::server::AppState;
 use crate::zones::ZoneTracker;
 
@@ -58,8 +61,11 @@ pub async fn run(
     let stop = CancellationToken::new();
 
     info!(
-        zones = config.zones.len(),
-        discover = config.discovery.is_some(),
+        zones = config.zones.configured.len(),
+        discover = config.zones.discovery.is_some(),
+        expect = config.zones.default_expect.as_str(),
+        alertmanagers = config.alerting.alertmanagers.len(),
+        enforce = config.alerting.enforce_grace.is_some(),
         api_url = %config.api.base_url,
         interval = %humantime::format_duration(config.poll.interval),
         rate_limit = %config.api.rate_limit,
@@ -73,15 +79,26 @@ pub async fn run(
         tokio::spawn(check_token(client.clone(), metrics.clone()));
     }
 
-    let (tracker, zone_set) = ZoneTracker::new(
-        client.clone(),
-        config.zones.clone(),
-        config.discovery.clone(),
-        config.zones_refresh,
-    );
+    let (tracker, zone_set) = ZoneTracker::new(client.clone(), &config.zones);
     let wait_for_zones = tracker.needs_api();
     if wait_for_zones {
         tokio::spawn(tracker.run(stop.clone()));
+    }
+    let mut actions = Actions {
+        alerts: None,
+        enforce_grace: config.alerting.enforce_grace,
+    };
+    if !config.alerting.alertmanagers.is_empty() {
+        let board = Arc::new(AlertBoard::default());
+        let notifier = Notifier::new(
+            Arc::clone(&board),
+            config.alerting.alertmanagers.clone(),
+            config.alerting.resend_interval,
+            metrics.alerting.clone(),
+        )
+        .map_err(ClientError::Build)?;
+        tokio::spawn(notifier.run(stop.clone()));
+        actions.alerts = Some(board);
     }
     let poller = Poller::new(
         client,
@@ -89,6 +106,7 @@ pub async fn run(
         &config.poll,
         budget.limit().period(),
         zone_set,
+        actions,
     );
     let polling = tokio::spawn(poller.run(readiness.clone(), wait_for_zones, stop.clone()));
 

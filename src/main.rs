@@ -5,9 +5,16 @@ use clap::{CommandFactory, Parser};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use cloudflare_argo_exporter::cli::{Cli, Command, DemoArgs, ExporterArgs, SimulateArgs};
-use cloudflare_argo_exporter::config::{Config, LogConfig, PollConfig, WebConfig};
+use cloudflare_argo_exporter::cli::{
+    ChangeArgs, Cli, Command, DemoArgs, ExporterArgs, OutputFormat, SimulateArgs, StatusArgs,
+};
+use cloudflare_argo_exporter::cloudflare::ArgoValue;
+use cloudflare_argo_exporter::commands;
+use cloudflare_argo_exporter::config::{
+    AlertingConfig, ApiConfig, Config, LogConfig, PollConfig, WebConfig,
+};
 use cloudflare_argo_exporter::simulator::{Simulator, BASE_PATH};
+use cloudflare_argo_exporter::zones::ZoneSources;
 use cloudflare_argo_exporter::{demo, logging};
 
 /// Exit code for a bad flag, environment variable or file (sysexits' EX_USAGE).
@@ -34,6 +41,10 @@ fn main() -> ExitCode {
         None => runtime.block_on(exporter(cli.exporter)),
         Some(Command::Demo(args)) => runtime.block_on(demo(args)),
         Some(Command::Simulate(args)) => runtime.block_on(simulate(args)),
+        Some(Command::Status(args)) => runtime.block_on(status(args, false)),
+        Some(Command::Check(args)) => runtime.block_on(status(args, true)),
+        Some(Command::Enable(args)) => runtime.block_on(change(args, ArgoValue::On)),
+        Some(Command::Disable(args)) => runtime.block_on(change(args, ArgoValue::Off)),
     }
 }
 
@@ -56,12 +67,60 @@ async fn demo(args: DemoArgs) -> ExitCode {
         Ok(web) => web,
         Err(err) => return usage_error(err.to_string()),
     };
+    let alerting = match AlertingConfig::from_args(&args.alerting) {
+        Ok(alerting) => alerting,
+        Err(err) => return usage_error(err.to_string()),
+    };
     let poll = PollConfig::from(&args.poll);
     let listener = match bind(&web.listen_address).await {
         Ok(listener) => listener,
         Err(code) => return code,
     };
-    outcome(demo::run(poll, web, listener, shutdown_signal()).await)
+    outcome(demo::run(poll, web, alerting, listener, shutdown_signal()).await)
+}
+
+/// `status` (prints every zone) and `check` (also sets the exit code).
+async fn status(args: StatusArgs, check: bool) -> ExitCode {
+    logging::init(LogConfig::from(&args.log));
+    let env = |name: &str| std::env::var(name).ok();
+    let (sources, api) = match (
+        ZoneSources::from_args(&args.sources),
+        ApiConfig::from_args(&args.api, env),
+    ) {
+        (Ok(sources), Ok(api)) => (sources, api),
+        (Err(err), _) | (_, Err(err)) => return usage_error(err.to_string()),
+    };
+    let client = match commands::client(&api) {
+        Ok(client) => client,
+        Err(err) => return failure(err.to_string()),
+    };
+    let reports = commands::survey(&client, &sources).await;
+    match args.output {
+        OutputFormat::Table => print!("{}", commands::table(&reports)),
+        OutputFormat::Json => match serde_json::to_string_pretty(&reports) {
+            Ok(json) => println!("{json}"),
+            Err(err) => return failure(format!("cannot write JSON: {err}")),
+        },
+    }
+    if check {
+        ExitCode::from(commands::check_exit_code(&reports))
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `enable` and `disable`.
+async fn change(args: ChangeArgs, value: ArgoValue) -> ExitCode {
+    logging::init(LogConfig::from(&args.log));
+    let api = match ApiConfig::from_args(&args.api, |name| std::env::var(name).ok()) {
+        Ok(api) => api,
+        Err(err) => return usage_error(err.to_string()),
+    };
+    let client = match commands::client(&api) {
+        Ok(client) => client,
+        Err(err) => return failure(err.to_string()),
+    };
+    ExitCode::from(commands::change(&client, &args.zones, value, args.dry_run).await)
 }
 
 async fn simulate(args: SimulateArgs) -> ExitCode {

@@ -10,7 +10,8 @@ use prometheus::{
 };
 
 use crate::budget::RateLimit;
-use crate::cloudflare::{Endpoint, ErrorKind};
+use crate::cloudflare::{ArgoValue, Endpoint, ErrorKind};
+use crate::zones::Expectation;
 
 /// Request latency buckets: Cloudflare usually answers in 50-500 ms; the top
 /// buckets catch requests that ran into the default 10 s timeout.
@@ -26,6 +27,7 @@ pub struct Metrics {
     pub api: ApiMetrics,
     pub zones: ZoneMetrics,
     pub poll: PollMetrics,
+    pub alerting: AlertingMetrics,
 }
 
 impl Metrics {
@@ -36,6 +38,7 @@ impl Metrics {
             api: ApiMetrics::register(&registry, budget)?,
             zones: ZoneMetrics::register(&registry)?,
             poll: PollMetrics::register(&registry)?,
+            alerting: AlertingMetrics::register(&registry)?,
             registry,
         };
         register_build_info(&metrics.registry)?;
@@ -218,9 +221,11 @@ pub struct ZoneMetrics {
     enabled: IntGaugeVec,
     editable: IntGaugeVec,
     entitled: IntGaugeVec,
+    expected: IntGaugeVec,
     last_modified: GaugeVec,
     poll_success: IntGaugeVec,
     last_success: GaugeVec,
+    changes: IntCounterVec,
 }
 
 const ZONE_LABELS: &[&str] = &["zone_id", "zone_name"];
@@ -266,7 +271,52 @@ impl ZoneMetrics {
                 "argo_zone_last_success_timestamp_seconds",
                 "Unix time in seconds of the last successful poll of the zone.",
             )?,
+            expected: int_gauge(
+                "argo_expected_enabled",
+                "1 if Argo Smart Routing is expected on for the zone, 0 if expected off; \
+                 absent when either is fine.",
+            )?,
+            changes: {
+                let counter = IntCounterVec::new(
+                    Opts::new(
+                        "argo_state_changes_total",
+                        "Changes of Argo Smart Routing seen between two successful polls, by \
+                         the state changed to.",
+                    ),
+                    &["zone_id", "zone_name", "to"],
+                )?;
+                registry.register(Box::new(counter.clone()))?;
+                counter
+            },
         })
+    }
+
+    /// Exports the zone's expected state (no series for `any`).
+    pub fn set_expected(&self, zone: &ZoneLabels, expect: Expectation) {
+        let labels = zone.values();
+        match expect.wanted() {
+            Some(value) => self
+                .expected
+                .with_label_values(&labels)
+                .set(i64::from(value == ArgoValue::On)),
+            None => {
+                let _ = self.expected.remove_label_values(&labels);
+            }
+        }
+    }
+
+    /// Starts both change counters at zero, so the first change shows in `increase()`.
+    pub fn start_change_counters(&self, zone: &ZoneLabels) {
+        for value in [ArgoValue::On, ArgoValue::Off] {
+            self.changes
+                .with_label_values(&[&zone.id, &zone.name, value.as_str()]);
+        }
+    }
+
+    pub fn record_change(&self, zone: &ZoneLabels, to: ArgoValue) {
+        self.changes
+            .with_label_values(&[&zone.id, &zone.name, to.as_str()])
+            .inc();
     }
 
     /// Stores what a successful poll read.
@@ -326,6 +376,12 @@ impl ZoneMetrics {
         let _ = self.last_modified.remove_label_values(&labels);
         let _ = self.poll_success.remove_label_values(&labels);
         let _ = self.last_success.remove_label_values(&labels);
+        let _ = self.expected.remove_label_values(&labels);
+        for value in [ArgoValue::On, ArgoValue::Off] {
+            let _ = self
+                .changes
+                .remove_label_values(&[&zone.id, &zone.name, value.as_str()]);
+        }
     }
 
     /// Moves a zone's series to new labels, keeping their values.
@@ -335,6 +391,7 @@ impl ZoneMetrics {
             &self.enabled,
             &self.editable,
             &self.entitled,
+            &self.expected,
             &self.poll_success,
         ] {
             if let Ok(gauge) = vec.get_metric_with_label_values(&old) {
@@ -346,7 +403,61 @@ impl ZoneMetrics {
                 vec.with_label_values(&new).set(gauge.get());
             }
         }
+        for value in [ArgoValue::On, ArgoValue::Off] {
+            let old = [&from.id, &from.name, value.as_str()];
+            if let Ok(counter) = self.changes.get_metric_with_label_values(&old) {
+                self.changes
+                    .with_label_values(&[&to.id, &to.name, value.as_str()])
+                    .inc_by(counter.get());
+            }
+        }
         self.forget(from);
+    }
+}
+
+/// What the daemon did about zones found off: alerts pushed, zones re-enabled.
+#[derive(Clone)]
+pub struct AlertingMetrics {
+    notifications: IntCounterVec,
+    remediations: IntCounterVec,
+}
+
+impl AlertingMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let notifications = IntCounterVec::new(
+            Opts::new(
+                "argo_alertmanager_notifications_total",
+                "Deliveries of alerts to an Alertmanager (--alertmanager.url), by result.",
+            ),
+            &["result"],
+        )?;
+        let remediations = IntCounterVec::new(
+            Opts::new(
+                "argo_remediations_total",
+                "Attempts of --enforce to turn Argo Smart Routing back on, by result.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(notifications.clone()))?;
+        registry.register(Box::new(remediations.clone()))?;
+        for result in ["success", "failure"] {
+            notifications.with_label_values(&[result]);
+            remediations.with_label_values(&[result]);
+        }
+        Ok(Self {
+            notifications,
+            remediations,
+        })
+    }
+
+    pub fn observe_notification(&self, delivered: bool) {
+        let result = if delivered { "success" } else { "failure" };
+        self.notifications.with_label_values(&[result]).inc();
+    }
+
+    pub fn observe_remediation(&self, succeeded: bool) {
+        let result = if succeeded { "success" } else { "failure" };
+        self.remediations.with_label_values(&[result]).inc();
     }
 }
 
@@ -357,6 +468,8 @@ pub struct PollMetrics {
     pub overruns: IntCounter,
     pub cycle_duration: Histogram,
     pub last_cycle_end: Gauge,
+    /// The planned time between two polls of a zone.
+    pub interval: Gauge,
     zones: IntGaugeVec,
 }
 
@@ -381,10 +494,16 @@ impl PollMetrics {
             "argo_last_poll_cycle_timestamp_seconds",
             "Unix time in seconds when the last poll cycle finished.",
         )?;
+        let interval = Gauge::new(
+            "argo_poll_interval_seconds",
+            "Seconds between two polls of a zone: --poll.interval, or longer while the API \
+             budget cannot cover every zone in one interval.",
+        )?;
         let zones = IntGaugeVec::new(
             Opts::new(
                 "argo_zones",
-                "Zones being watched, by where they came from.",
+                "Zones being watched, by where they came from: configured (--zone or the \
+                 config file) or discovered (--zones.discover).",
             ),
             &["source"],
         )?;
@@ -392,12 +511,14 @@ impl PollMetrics {
         registry.register(Box::new(overruns.clone()))?;
         registry.register(Box::new(cycle_duration.clone()))?;
         registry.register(Box::new(last_cycle_end.clone()))?;
+        registry.register(Box::new(interval.clone()))?;
         registry.register(Box::new(zones.clone()))?;
         Ok(Self {
             cycles,
             overruns,
             cycle_duration,
             last_cycle_end,
+            interval,
             zones,
         })
     }

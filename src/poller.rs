@@ -17,10 +17,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::alerting::AlertBoard;
 use crate::cloudflare::{ArgoValue, Client, Endpoint, ErrorKind};
 use crate::config::{PollConfig, ZoneId};
 use crate::metrics::{Metrics, ZoneLabels};
-use crate::zones::{Source, WatchedZone, ZoneSet};
+use crate::zones::{Expectation, Source, WatchedZone, ZoneSet};
 
 /// Longest wait between two attempts to look up a zone's name.
 const MAX_NAME_RETRY: Duration = Duration::from_secs(3600);
@@ -58,6 +59,11 @@ struct ZoneState {
     skip_cycles: u32,
     /// Whether the last `modified_on` could not be read, so it is warned about once.
     bad_modified_on: bool,
+    expect: Expectation,
+    /// Since when the zone has been seen off where it should be on.
+    off_since: Option<Instant>,
+    /// When `--enforce` last tried to turn it back on.
+    last_remediation: Option<Instant>,
 }
 
 impl ZoneState {
@@ -77,6 +83,9 @@ impl ZoneState {
             last_error: None,
             skip_cycles: 0,
             bad_modified_on: false,
+            expect: zone.expect,
+            off_since: None,
+            last_remediation: None,
         }
     }
 }
@@ -121,6 +130,17 @@ pub struct Poller {
     zone_set: watch::Receiver<ZoneSet>,
     /// Whether the budget currently stretches cycles past the interval.
     stretched: bool,
+    actions: Actions,
+}
+
+/// What the poller does about a zone found off where it should be on,
+/// besides exporting it.
+#[derive(Clone, Default)]
+pub struct Actions {
+    /// Where the daemon's own alerts go (with `--alertmanager.url`).
+    pub alerts: Option<Arc<AlertBoard>>,
+    /// With `--enforce`: how long a zone may stay off before it is turned on.
+    pub enforce_grace: Option<Duration>,
 }
 
 impl Poller {
@@ -130,6 +150,7 @@ impl Poller {
         config: &PollConfig,
         budget_period: Duration,
         zone_set: watch::Receiver<ZoneSet>,
+        actions: Actions,
     ) -> Self {
         let mut poller = Self {
             client,
@@ -140,6 +161,7 @@ impl Poller {
             zones: Vec::new(),
             zone_set,
             stretched: false,
+            actions,
         };
         poller.sync_zones();
         poller
@@ -220,6 +242,10 @@ impl Poller {
             let state = match old.remove(&watched.id) {
                 Some(mut state) => {
                     state.source = watched.source;
+                    if state.expect != watched.expect {
+                        state.expect = watched.expect;
+                        self.metrics.zones.set_expected(&state.labels, state.expect);
+                    }
                     if let Some(name) = watched.name.as_ref().filter(|n| **n != state.labels.name) {
                         let renamed = ZoneLabels {
                             id: state.labels.id.clone(),
@@ -233,7 +259,9 @@ impl Poller {
                 }
                 None => {
                     debug!(zone_id = %watched.id, source = watched.source.as_str(), "zone added");
-                    ZoneState::new(watched)
+                    let state = ZoneState::new(watched);
+                    self.metrics.zones.set_expected(&state.labels, state.expect);
+                    state
                 }
             };
             self.zones.push(state);
@@ -241,6 +269,9 @@ impl Poller {
         for gone in old.values() {
             info!(zone_id = %gone.id, zone_name = %gone.labels.name, "zone no longer watched");
             self.metrics.zones.forget(&gone.labels);
+            if let Some(board) = &self.actions.alerts {
+                board.set(&gone.labels, false);
+            }
         }
         for source in [Source::Configured, Source::Discovered] {
             let count = self.zones.iter().filter(|z| z.source == source).count();
@@ -265,6 +296,7 @@ impl Poller {
             info!("the API budget covers every zone once per interval again");
         }
         self.stretched = stretched;
+        self.metrics.poll.interval.set(plan.length.as_secs_f64());
         if first {
             CyclePlan {
                 spacing: Duration::ZERO,
@@ -284,10 +316,16 @@ impl Poller {
             interval,
             concurrency,
             zones,
+            actions,
             ..
         } = self;
-        let (client, metrics, interval, concurrency) =
-            (&*client, &*metrics, *interval, *concurrency);
+        let context = PollContext {
+            client,
+            metrics,
+            interval: *interval,
+            actions,
+        };
+        let concurrency = *concurrency;
         let mut report = CycleReport {
             zones: zones.len(),
             ..CycleReport::default()
@@ -306,7 +344,7 @@ impl Poller {
                 }
             }
             let span = info_span!("zone", zone_id = %zone.id);
-            in_flight.push(poll_zone(client, metrics, interval, zone).instrument(span));
+            in_flight.push(poll_zone(&context, zone).instrument(span));
         }
         while let Some(outcome) = in_flight.next().await {
             report.add(outcome);
@@ -361,12 +399,18 @@ impl CycleReport {
     }
 }
 
-async fn poll_zone(
-    client: &Client,
-    metrics: &Metrics,
+/// What polling a zone needs besides the zone itself.
+struct PollContext<'a> {
+    client: &'a Client,
+    metrics: &'a Metrics,
     interval: Duration,
-    zone: &mut ZoneState,
-) -> Outcome {
+    actions: &'a Actions,
+}
+
+async fn poll_zone(context: &PollContext<'_>, zone: &mut ZoneState) -> Outcome {
+    let PollContext {
+        client, metrics, ..
+    } = *context;
     if zone.skip_cycles > 0 {
         zone.skip_cycles -= 1;
         return Outcome::Skipped;
@@ -376,7 +420,7 @@ async fn poll_zone(
         .due
         .is_some_and(|due| due <= Instant::now())
     {
-        look_up_name(client, metrics, interval, zone).await;
+        look_up_name(client, metrics, context.interval, zone).await;
     }
 
     let setting = match client.smart_routing(&zone.id).await {
@@ -392,8 +436,9 @@ async fn poll_zone(
                 );
             }
             zone.last_error = Some(ErrorKind::NotEntitled);
-            zone.last_value = Some(ArgoValue::Off);
             zone.skip_cycles = NOT_ENTITLED_RECHECK_CYCLES - 1;
+            // A lapsed plan is Argo turning off, and is judged as such.
+            observe_value(context, zone, ArgoValue::Off, None);
             return Outcome::Polled;
         }
         Err(err) => {
@@ -449,21 +494,114 @@ async fn poll_zone(
         modified_on,
         unix_now(),
     );
-
     if let Some(kind) = zone.last_error.take() {
         info!(zone_name = %zone.labels.name, previous_error = %kind, "poll succeeded again");
     }
-    match zone.last_value.replace(setting.value) {
-        Some(old) if old != setting.value => info!(
-            zone_name = %zone.labels.name,
-            from = %old,
-            to = %setting.value,
-            modified_on = setting.modified_on.as_deref(),
-            "Argo Smart Routing changed"
-        ),
-        _ => debug!(value = %setting.value, editable = setting.editable, "polled"),
+    observe_value(context, zone, setting.value, setting.modified_on.as_deref());
+
+    if zone.off_since.is_some() && setting.editable {
+        enforce(context, zone).await;
     }
     Outcome::Polled
+}
+
+/// Records a value read from the API: counts and logs a change, judges it
+/// against the zone's expectation, and tells the alert board.
+fn observe_value(
+    context: &PollContext<'_>,
+    zone: &mut ZoneState,
+    value: ArgoValue,
+    modified_on: Option<&str>,
+) {
+    let metrics = &context.metrics.zones;
+    match zone.last_value.replace(value) {
+        None => metrics.start_change_counters(&zone.labels),
+        Some(old) if old != value => {
+            metrics.record_change(&zone.labels, value);
+            warn!(
+                zone_name = %zone.labels.name,
+                from = %old,
+                to = %value,
+                modified_on,
+                expected = zone.expect.as_str(),
+                "Argo Smart Routing changed"
+            );
+        }
+        Some(_) => debug!(value = %value, "polled"),
+    }
+
+    let unexpectedly_off = zone.expect == Expectation::On && value == ArgoValue::Off;
+    zone.off_since = match (unexpectedly_off, zone.off_since) {
+        (true, Some(since)) => Some(since),
+        (true, None) => Some(Instant::now()),
+        (false, _) => None,
+    };
+    if let Some(board) = &context.actions.alerts {
+        board.set(&zone.labels, unexpectedly_off);
+    }
+}
+
+/// With `--enforce`, turns Argo back on for a zone expected on that has been
+/// off for the grace period, at most once per grace period, and reads the
+/// setting back to confirm.
+async fn enforce(context: &PollContext<'_>, zone: &mut ZoneState) {
+    let (Some(grace), Some(off_since)) = (context.actions.enforce_grace, zone.off_since) else {
+        return;
+    };
+    let now = Instant::now();
+    let tried_recently = zone
+        .last_remediation
+        .is_some_and(|last| now.duration_since(last) < grace);
+    if now.duration_since(off_since) < grace || tried_recently {
+        return;
+    }
+    zone.last_remediation = Some(now);
+
+    let client = context.client;
+    let outcome = match client.set_smart_routing(&zone.id, ArgoValue::On).await {
+        Ok(_) => client.smart_routing(&zone.id).await,
+        Err(err) => Err(err),
+    };
+    let remediations = &context.metrics.alerting;
+    match outcome {
+        Ok(setting) if setting.value == ArgoValue::On => {
+            remediations.observe_remediation(true);
+            warn!(
+                zone_name = %zone.labels.name,
+                off_for = %humantime::format_duration(round_to_millis(now.duration_since(off_since))),
+                "--enforce turned Argo Smart Routing back on"
+            );
+            context.metrics.zones.record_success(
+                &zone.labels,
+                true,
+                setting.editable,
+                setting
+                    .modified_at()
+                    .ok()
+                    .flatten()
+                    .map(|at| at.timestamp_micros() as f64 / 1e6),
+                unix_now(),
+            );
+            observe_value(context, zone, ArgoValue::On, setting.modified_on.as_deref());
+        }
+        Ok(_) => {
+            remediations.observe_remediation(false);
+            warn!(
+                zone_name = %zone.labels.name,
+                "--enforce asked to turn Argo Smart Routing on, but it still reads off"
+            );
+        }
+        Err(err) => {
+            remediations.observe_remediation(false);
+            warn!(
+                zone_name = %zone.labels.name,
+                kind = %err.kind(),
+                error = %err,
+                "--enforce could not turn Argo Smart Routing back on (the token needs \
+                 \"Zone Settings Write\")"
+            );
+        }
+    }
 }
 
 async fn look_up_name(

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::cloudflare::{ApiError, Client, Zone, ZoneQuery};
+use crate::cloudflare::{ApiError, ArgoValue, Client, Zone, ZoneQuery};
 use crate::config::ZoneId;
 
 /// First wait before a failed discovery or name lookup is tried again; it
@@ -70,6 +70,65 @@ fn is_domain_name(text: &str) -> bool {
         })
 }
 
+/// The state Argo Smart Routing should be in on a zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Expectation {
+    On,
+    Off,
+    /// Either is fine: nothing to alert on.
+    Any,
+}
+
+impl Expectation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::On => "on",
+            Self::Off => "off",
+            Self::Any => "any",
+        }
+    }
+
+    /// The value the zone should have, if it matters.
+    pub fn wanted(self) -> Option<ArgoValue> {
+        match self {
+            Self::On => Some(ArgoValue::On),
+            Self::Off => Some(ArgoValue::Off),
+            Self::Any => None,
+        }
+    }
+
+    pub fn is_met_by(self, value: ArgoValue) -> bool {
+        self.wanted().is_none_or(|wanted| wanted == value)
+    }
+}
+
+impl FromStr for Expectation {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            "any" => Ok(Self::Any),
+            _ => Err(format!("{text:?} is not on, off or any")),
+        }
+    }
+}
+
+/// A zone named in the configuration, with its expectation if it has its own.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConfiguredZone {
+    pub zone: ZoneRef,
+    /// `None`: the default (`--argo.expect`).
+    pub expect: Option<Expectation>,
+}
+
+impl From<ZoneRef> for ConfiguredZone {
+    fn from(zone: ZoneRef) -> Self {
+        Self { zone, expect: None }
+    }
+}
+
 /// Where a watched zone came from, as the `source` label of `argo_zones`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Source {
@@ -93,6 +152,7 @@ pub struct WatchedZone {
     /// Known when the zone came from a listing or was configured by name.
     pub name: Option<String>,
     pub source: Source,
+    pub expect: Expectation,
 }
 
 /// The zones to watch right now, in a stable order.
@@ -114,13 +174,38 @@ impl Discovery {
     }
 }
 
+/// Everything that decides which zones are watched.
+#[derive(Debug, Clone)]
+pub struct ZoneSources {
+    /// Zones from `--zone` and the configuration file, without duplicates.
+    pub configured: Vec<ConfiguredZone>,
+    pub discovery: Option<Discovery>,
+    /// How often zone names are resolved again and discovery re-runs.
+    pub refresh: Duration,
+    /// The expectation of zones that have none of their own.
+    pub default_expect: Expectation,
+}
+
+impl ZoneSources {
+    /// Only the given zones, expected on, refreshed every ten minutes.
+    pub fn configured(zones: impl IntoIterator<Item = ZoneRef>) -> Self {
+        Self {
+            configured: zones.into_iter().map(ConfiguredZone::from).collect(),
+            discovery: None,
+            refresh: Duration::from_secs(600),
+            default_expect: Expectation::On,
+        }
+    }
+}
+
 /// Keeps the set of watched zones current: resolves configured names and
 /// re-runs discovery every refresh interval.
 pub struct ZoneTracker {
     client: Client,
-    configured: Vec<ZoneRef>,
+    configured: Vec<ConfiguredZone>,
     discovery: Option<Discovery>,
     refresh: Duration,
+    default_expect: Expectation,
     /// Names already resolved to IDs, so each is looked up once.
     resolved: BTreeMap<String, Zone>,
     /// The last successful discovery, kept while the API is failing.
@@ -130,17 +215,13 @@ pub struct ZoneTracker {
 
 impl ZoneTracker {
     /// The tracker and a receiver that already holds the zones configured by ID.
-    pub fn new(
-        client: Client,
-        configured: Vec<ZoneRef>,
-        discovery: Option<Discovery>,
-        refresh: Duration,
-    ) -> (Self, watch::Receiver<ZoneSet>) {
+    pub fn new(client: Client, sources: &ZoneSources) -> (Self, watch::Receiver<ZoneSet>) {
         let mut tracker = Self {
             client,
-            configured,
-            discovery,
-            refresh,
+            configured: sources.configured.clone(),
+            discovery: sources.discovery.clone(),
+            refresh: sources.refresh,
+            default_expect: sources.default_expect,
             resolved: BTreeMap::new(),
             discovered: Vec::new(),
             sender: watch::channel(ZoneSet::default()).0,
@@ -156,7 +237,7 @@ impl ZoneTracker {
             || self
                 .configured
                 .iter()
-                .any(|zone| matches!(zone, ZoneRef::Name(_)))
+                .any(|configured| matches!(configured.zone, ZoneRef::Name(_)))
     }
 
     /// Updates the set now and then every refresh interval, retrying sooner
@@ -184,15 +265,7 @@ impl ZoneTracker {
     /// returns whether every step succeeded.
     pub async fn refresh_once(&mut self) -> bool {
         let mut complete = true;
-        let names: Vec<String> = self
-            .configured
-            .iter()
-            .filter_map(|zone| match zone {
-                ZoneRef::Name(name) if !self.resolved.contains_key(name) => Some(name.clone()),
-                _ => None,
-            })
-            .collect();
-        for name in names {
+        for name in self.unresolved_names() {
             match self.resolve(&name).await {
                 Ok(Some(zone)) => {
                     info!(zone_name = %name, zone_id = %zone.id, "zone name resolved");
@@ -246,6 +319,17 @@ impl ZoneTracker {
         complete
     }
 
+    /// Configured names that have not resolved to a zone (yet).
+    pub fn unresolved_names(&self) -> Vec<String> {
+        self.configured
+            .iter()
+            .filter_map(|configured| match &configured.zone {
+                ZoneRef::Name(name) if !self.resolved.contains_key(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     async fn resolve(&self, name: &str) -> Result<Option<Zone>, ApiError> {
         let query = ZoneQuery {
             name: Some(name.to_owned()),
@@ -269,12 +353,13 @@ impl ZoneTracker {
                         id,
                         name: Some(zone.name.clone()),
                         source: Source::Discovered,
+                        expect: self.default_expect,
                     },
                 );
             }
         }
-        for zone in &self.configured {
-            let (id, name) = match zone {
+        for configured in &self.configured {
+            let (id, name) = match &configured.zone {
                 ZoneRef::Id(id) => {
                     let known = zones.get(id).and_then(|z| z.name.clone());
                     (id.clone(), known)
@@ -294,6 +379,7 @@ impl ZoneTracker {
                     id,
                     name,
                     source: Source::Configured,
+                    expect: configured.expect.unwrap_or(self.default_expect),
                 },
             );
         }

@@ -39,8 +39,8 @@ async fn two_thousand_zones_never_exceed_the_budget() {
     let simulator = Simulator::numbered(2000).record_requests();
     let url = serve_simulator(&simulator).await;
     let mut config = config(&url, &[], Duration::from_secs(1));
-    config.zones = (1..=2000u32)
-        .map(|n| ZoneRef::Id(zone(&format!("{n:032x}"))))
+    config.zones.configured = (1..=2000u32)
+        .map(|n| ZoneRef::Id(zone(&format!("{n:032x}"))).into())
         .collect();
     config.poll.concurrency = std::num::NonZeroUsize::new(32).unwrap();
     let budget = RateLimit {

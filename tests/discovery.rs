@@ -23,7 +23,7 @@ fn discover_config(
 ) -> cloudflare_argo_exporter::config::Config {
     let mut config = config(api_url, &[], Duration::from_millis(200));
     let refresh = Duration::from_millis(300);
-    config.discovery = Some(Discovery {
+    config.zones.discovery = Some(Discovery {
         query: ZoneQuery {
             status: Some("active".to_owned()),
             ..ZoneQuery::default()
@@ -32,7 +32,7 @@ fn discover_config(
         exclude: exclude.map(|re| Regex::new(re).unwrap()),
         refresh,
     });
-    config.zones_refresh = refresh;
+    config.zones.refresh = refresh;
     config
 }
 
@@ -145,9 +145,9 @@ async fn zones_can_be_configured_by_name() {
     let simulator = Simulator::numbered(10);
     let url = serve_simulator(&simulator).await;
     let mut config = config(&url, &[], Duration::from_millis(200));
-    config.zones = vec![
-        ZoneRef::Name("zone-5.example.com".to_owned()),
-        ZoneRef::Id(zone(&numbered_id(6))),
+    config.zones.configured = vec![
+        ZoneRef::Name("zone-5.example.com".to_owned()).into(),
+        ZoneRef::Id(zone(&numbered_id(6))).into(),
     ];
     let exporter = Exporter::start(config).await;
     let m = exporter

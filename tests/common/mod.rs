@@ -14,9 +14,9 @@ use tracing_subscriber::layer::SubscriberExt;
 use cloudflare_argo_exporter::budget::RateLimit;
 use cloudflare_argo_exporter::cloudflare::RetryPolicy;
 use cloudflare_argo_exporter::config::{
-    ApiConfig, Config, Credentials, PollConfig, WebConfig, ZoneId,
+    AlertingConfig, ApiConfig, Config, Credentials, PollConfig, WebConfig, ZoneId,
 };
-use cloudflare_argo_exporter::zones::ZoneRef;
+use cloudflare_argo_exporter::zones::{ZoneRef, ZoneSources};
 use prometheus_parse::{Sample, Scrape, Value};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
@@ -39,9 +39,7 @@ pub fn zone(id: &str) -> ZoneId {
 /// A configuration polling `zones` at `api_url` every `interval`.
 pub fn config(api_url: &str, zones: &[&str], interval: Duration) -> Config {
     Config {
-        zones: zones.iter().map(|id| ZoneRef::Id(zone(id))).collect(),
-        discovery: None,
-        zones_refresh: Duration::from_secs(600),
+        zones: ZoneSources::configured(zones.iter().map(|id| ZoneRef::Id(zone(id)))),
         api: ApiConfig {
             base_url: format!("{}/", api_url.trim_end_matches('/'))
                 .parse()
@@ -66,6 +64,7 @@ pub fn config(api_url: &str, zones: &[&str], interval: Duration) -> Config {
             listen_address: "127.0.0.1:0".to_owned(),
             telemetry_path: "/metrics".to_owned(),
         },
+        alerting: AlertingConfig::default(),
     }
 }
 
