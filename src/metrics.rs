@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use prometheus::core::Collector;
+use prometheus::proto::MetricType;
 use prometheus::{
     Counter, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -213,6 +215,37 @@ impl ZoneLabels {
     fn values(&self) -> [&str; 2] {
         [&self.id, &self.name]
     }
+
+    fn pairs(&self) -> [(&str, &str); 2] {
+        [("zone_id", &self.id), ("zone_name", &self.name)]
+    }
+}
+
+/// The value of the series with these labels, if it exists. (The vectors'
+/// own `get_metric_with_label_values` would create a missing one at zero.)
+fn existing_value(collector: &dyn Collector, labels: &[(&str, &str)]) -> Option<f64> {
+    collector.collect().iter().find_map(|family| {
+        let counter = family.get_field_type() == MetricType::COUNTER;
+        family
+            .get_metric()
+            .iter()
+            .find(|metric| {
+                metric.get_label().len() == labels.len()
+                    && labels.iter().all(|(name, value)| {
+                        metric
+                            .get_label()
+                            .iter()
+                            .any(|pair| pair.name() == *name && pair.value() == *value)
+                    })
+            })
+            .map(|metric| {
+                if counter {
+                    metric.get_counter().get_value()
+                } else {
+                    metric.get_gauge().get_value()
+                }
+            })
+    })
 }
 
 /// What the last poll of each zone found.
@@ -384,9 +417,10 @@ impl ZoneMetrics {
         }
     }
 
-    /// Moves a zone's series to new labels, keeping their values.
+    /// Moves a zone's series to new labels, keeping their values; a series
+    /// the zone did not have is not created.
     pub fn relabel(&self, from: &ZoneLabels, to: &ZoneLabels) {
-        let (old, new) = (from.values(), to.values());
+        let (old, new) = (from.pairs(), to.values());
         for vec in [
             &self.enabled,
             &self.editable,
@@ -394,21 +428,22 @@ impl ZoneMetrics {
             &self.expected,
             &self.poll_success,
         ] {
-            if let Ok(gauge) = vec.get_metric_with_label_values(&old) {
-                vec.with_label_values(&new).set(gauge.get());
+            if let Some(value) = existing_value(vec, &old) {
+                vec.with_label_values(&new).set(value as i64);
             }
         }
         for vec in [&self.last_modified, &self.last_success] {
-            if let Ok(gauge) = vec.get_metric_with_label_values(&old) {
-                vec.with_label_values(&new).set(gauge.get());
+            if let Some(value) = existing_value(vec, &old) {
+                vec.with_label_values(&new).set(value);
             }
         }
         for value in [ArgoValue::On, ArgoValue::Off] {
-            let old = [&from.id, &from.name, value.as_str()];
-            if let Ok(counter) = self.changes.get_metric_with_label_values(&old) {
+            let [id, name] = old;
+            let labels = [id, name, ("to", value.as_str())];
+            if let Some(count) = existing_value(&self.changes, &labels) {
                 self.changes
                     .with_label_values(&[&to.id, &to.name, value.as_str()])
-                    .inc_by(counter.get());
+                    .inc_by(count as u64);
             }
         }
         self.forget(from);
@@ -592,6 +627,27 @@ mod tests {
         assert!(text.contains(
             r#"argo_enabled{zone_id="0123456789abcdef0123456789abcdef",zone_name="example.com"} 0"#
         ));
+    }
+
+    #[test]
+    fn relabel_creates_no_series_the_zone_did_not_have() {
+        let metrics = Metrics::new(RateLimit::default()).unwrap();
+        let (unnamed, named) = (zone(""), zone("example.com"));
+        metrics.zones.set_expected(&unnamed, Expectation::Any);
+        metrics
+            .zones
+            .record_success(&unnamed, true, true, None, 5.0);
+        metrics.zones.start_change_counters(&unnamed);
+        metrics.zones.record_change(&unnamed, ArgoValue::Off);
+        metrics.zones.relabel(&unnamed, &named);
+
+        let text = text(&metrics);
+        assert!(!text.contains("argo_expected_enabled{"), "{text}");
+        assert!(!text.contains("argo_last_modified_timestamp{"), "{text}");
+        assert!(text.contains(
+            r#"argo_state_changes_total{to="off",zone_id="0123456789abcdef0123456789abcdef",zone_name="example.com"} 1"#
+        ), "{text}");
+        assert!(!text.contains(r#"zone_name="""#), "{text}");
     }
 
     #[test]

@@ -88,7 +88,8 @@ struct State {
     zones: BTreeMap<String, SimZone>,
     /// When set, only this bearer token is accepted.
     token: Option<String>,
-    /// Arrival time and path of every request, when recording is on.
+    /// Arrival time, method and path ("PATCH /client/v4/...") of every
+    /// request, when recording is on.
     log: Option<Vec<(tokio::time::Instant, String)>>,
     /// Answer the next request with a 429 carrying this `Retry-After`.
     rate_limit_next: Option<u64>,
@@ -122,7 +123,7 @@ impl Simulator {
         self
     }
 
-    /// Arrival times and paths of the requests so far (empty unless recording).
+    /// Arrival times and "METHOD path" of the requests so far (empty unless recording).
     pub fn request_log(&self) -> Vec<(tokio::time::Instant, String)> {
         self.lock().log.clone().unwrap_or_default()
     }
@@ -233,7 +234,7 @@ impl Simulator {
             let mut state = self.lock();
             let now = tokio::time::Instant::now();
             if let Some(log) = state.log.as_mut() {
-                log.push((now, parts.uri.path().to_owned()));
+                log.push((now, format!("{} {}", parts.method, parts.uri.path())));
             }
             let limited = state.rate_limit_next.take();
             if limited.is_some() {

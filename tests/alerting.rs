@@ -1,0 +1,318 @@
+//! What the daemon does when Argo is off where it should be on: the expected
+//! state and changes it exports, the alert it pushes to Alertmanager, and
+//! `--enforce`. The API is the project's simulator; Alertmanager is wiremock.
+
+mod common;
+
+use std::time::Duration;
+
+use cloudflare_argo_exporter::cloudflare::ArgoValue;
+use cloudflare_argo_exporter::simulator::{SimZone, Simulator};
+use cloudflare_argo_exporter::zones::{ConfiguredZone, Expectation, ZoneRef};
+use common::*;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// Zone IDs of one test: logs are shared by the tests of this file, so each
+/// test has zones of its own. Zone `a001` of test 3 is `...3a001`.
+struct Zones {
+    on: String,
+    off: String,
+    any: String,
+}
+
+fn zones(test: u32) -> Zones {
+    let id = |n: u32| format!("{:032x}", test * 0x10_0000 + n);
+    Zones {
+        on: id(0xa001),
+        off: id(0xa002),
+        any: id(0xa003),
+    }
+}
+
+fn simulator(zones: &Zones) -> Simulator {
+    Simulator::new([
+        SimZone::new(&zones.on, "on.example.com", ArgoValue::On),
+        SimZone::new(&zones.off, "off.example.com", ArgoValue::Off),
+        SimZone::new(&zones.any, "any.example.com", ArgoValue::Off),
+    ])
+}
+
+fn configured(id: &str, expect: Option<Expectation>) -> ConfiguredZone {
+    ConfiguredZone {
+        zone: ZoneRef::Id(zone(id)),
+        expect,
+    }
+}
+
+async fn exporter_for(url: &str, zones: &Zones, alertmanager: Option<&MockServer>) -> Exporter {
+    let mut config = config(url, &[], Duration::from_millis(100));
+    config.zones.configured = vec![
+        configured(&zones.on, None),
+        configured(&zones.off, Some(Expectation::Off)),
+        configured(&zones.any, Some(Expectation::Any)),
+    ];
+    if let Some(am) = alertmanager {
+        config.alerting.alertmanagers = vec![format!("{}/", am.uri()).parse().unwrap()];
+        config.alerting.resend_interval = Duration::from_millis(300);
+    }
+    Exporter::start(config).await
+}
+
+async fn alertmanager() -> MockServer {
+    let am = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v2/alerts"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&am)
+        .await;
+    am
+}
+
+/// Every alert the exporter posted, newest last.
+async fn posted_alerts(am: &MockServer) -> Vec<serde_json::Value> {
+    let requests = am.received_requests().await.unwrap_or_default();
+    requests
+        .iter()
+        .filter(|r| r.url.path() == "/api/v2/alerts")
+        .flat_map(|r| serde_json::from_slice::<Vec<serde_json::Value>>(&r.body).unwrap_or_default())
+        .collect()
+}
+
+fn is_resolved(alert: &serde_json::Value) -> bool {
+    let ends: chrono::DateTime<chrono::Utc> = alert["endsAt"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or_default();
+    ends <= chrono::Utc::now()
+}
+
+#[tokio::test]
+async fn expectations_and_changes_are_exported() {
+    let zones = zones(1);
+    let simulator = simulator(&zones);
+    let url = serve_simulator(&simulator).await;
+    let exporter = exporter_for(&url, &zones, None).await;
+
+    let m = exporter
+        .scrape_until("all three zones", |m| {
+            m.zone_value("argo_enabled", &zones.any).is_some()
+        })
+        .await;
+    assert_eq!(m.zone_value("argo_expected_enabled", &zones.on), Some(1.0));
+    assert_eq!(m.zone_value("argo_expected_enabled", &zones.off), Some(0.0));
+    assert_eq!(m.zone_value("argo_expected_enabled", &zones.any), None);
+    let changes = |m: &Metrics, to: &str| {
+        m.value(
+            "argo_state_changes_total",
+            &[("zone_id", &zones.on), ("to", to)],
+        )
+    };
+    assert_eq!(changes(&m, "off"), Some(0.0));
+    assert_eq!(changes(&m, "on"), Some(0.0));
+
+    simulator.set_value(&zones.on, ArgoValue::Off);
+    let m = exporter
+        .scrape_until("the change", |m| changes(m, "off") == Some(1.0))
+        .await;
+    assert_eq!(m.zone_value("argo_enabled", &zones.on), Some(0.0));
+    let warned: Vec<String> = log_lines_with(&format!("zone_id={}", zones.on))
+        .into_iter()
+        .filter(|l| l.contains("level=warn") && l.contains("Argo Smart Routing changed"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    for field in ["from=on", "to=off", "modified_on=", "expected=on"] {
+        assert!(
+            warned[0].contains(field),
+            "{field} missing from {}",
+            warned[0]
+        );
+    }
+    exporter.stop().await;
+}
+
+#[tokio::test]
+async fn a_poll_error_is_never_a_change() {
+    let zones = zones(2);
+    let simulator = simulator(&zones).require_token(TOKEN);
+    let url = serve_simulator(&simulator).await;
+    let exporter = exporter_for(&url, &zones, None).await;
+    exporter
+        .scrape_until("the first poll", |m| {
+            m.zone_value("argo_enabled", &zones.on) == Some(1.0)
+        })
+        .await;
+
+    let simulator = simulator.require_token("rotated-elsewhere");
+    exporter
+        .scrape_until("polls to fail", |m| {
+            m.zone_value("argo_zone_poll_success", &zones.on) == Some(0.0)
+        })
+        .await;
+    let simulator = simulator.require_token(TOKEN);
+    let m = exporter
+        .scrape_until("polls to work again", |m| {
+            m.zone_value("argo_zone_poll_success", &zones.on) == Some(1.0)
+        })
+        .await;
+    for to in ["on", "off"] {
+        let changes = m.value(
+            "argo_state_changes_total",
+            &[("zone_id", &zones.on), ("to", to)],
+        );
+        assert_eq!(changes, Some(0.0), "to={to}");
+    }
+    drop(simulator);
+    exporter.stop().await;
+}
+
+#[tokio::test]
+async fn the_alert_is_pushed_at_once_and_resolved() {
+    let zones = zones(3);
+    let simulator = simulator(&zones);
+    let url = serve_simulator(&simulator).await;
+    let am = alertmanager().await;
+    let exporter = exporter_for(&url, &zones, Some(&am)).await;
+    exporter
+        .scrape_until("the first poll", |m| {
+            m.zone_value("argo_enabled", &zones.on) == Some(1.0)
+        })
+        .await;
+    // Zones fine or expected off raise nothing.
+    assert!(posted_alerts(&am).await.is_empty());
+
+    simulator.set_value(&zones.on, ArgoValue::Off);
+    eventually("the alert", || async {
+        posted_alerts(&am).await.iter().any(|a| !is_resolved(a))
+    })
+    .await;
+    let alert = posted_alerts(&am)
+        .await
+        .into_iter()
+        .find(|a| !is_resolved(a))
+        .unwrap();
+    assert_eq!(
+        alert["labels"],
+        serde_json::json!({
+            "alertname": "ArgoSmartRoutingUnexpectedlyDisabled",
+            "severity": "critical",
+            "zone_id": zones.on,
+            "zone_name": "on.example.com",
+        })
+    );
+    assert!(alert["annotations"]["runbook_url"]
+        .as_str()
+        .unwrap()
+        .contains("#argosmartrouting"));
+
+    // It is sent again while it lasts.
+    let sent = posted_alerts(&am).await.len();
+    eventually("a resend", || async {
+        posted_alerts(&am).await.len() > sent + 1
+    })
+    .await;
+
+    simulator.set_value(&zones.on, ArgoValue::On);
+    eventually("the resolution", || async {
+        posted_alerts(&am).await.last().is_some_and(is_resolved)
+    })
+    .await;
+    let m = exporter.scrape().await;
+    assert!(
+        m.value(
+            "argo_alertmanager_notifications_total",
+            &[("result", "success")]
+        )
+        .unwrap()
+            >= 3.0
+    );
+    exporter.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_alertmanager_is_retried_and_counted() {
+    let zones = zones(4);
+    let simulator = Simulator::new([SimZone::new(&zones.on, "on.example.com", ArgoValue::Off)]);
+    let url = serve_simulator(&simulator).await;
+    let am = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(2)
+        .mount(&am)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&am)
+        .await;
+    let exporter = exporter_for(&url, &zones, Some(&am)).await;
+    let m = exporter
+        .scrape_until("a delivery after two failures", |m| {
+            m.value(
+                "argo_alertmanager_notifications_total",
+                &[("result", "success")],
+            ) >= Some(1.0)
+        })
+        .await;
+    assert_eq!(
+        m.value(
+            "argo_alertmanager_notifications_total",
+            &[("result", "failure")]
+        ),
+        Some(2.0)
+    );
+    exporter.stop().await;
+}
+
+#[tokio::test]
+async fn enforce_turns_argo_back_on_after_the_grace() {
+    let zones = zones(5);
+    let simulator = simulator(&zones).record_requests();
+    let locked = format!("{:032x}", 0xa004 + 0x50_0000);
+    let mut not_editable = SimZone::new(&locked, "locked.example.com", ArgoValue::Off);
+    not_editable.editable = false;
+    simulator.insert(not_editable);
+    let url = serve_simulator(&simulator).await;
+
+    let mut config = config(&url, &[], Duration::from_millis(100));
+    config.zones.configured = vec![configured(&zones.on, None), configured(&locked, None)];
+    config.alerting.enforce_grace = Some(Duration::from_millis(500));
+    let exporter = Exporter::start(config).await;
+    exporter
+        .scrape_until("the first poll", |m| {
+            m.zone_value("argo_enabled", &zones.on) == Some(1.0)
+        })
+        .await;
+
+    let turned_off = tokio::time::Instant::now();
+    simulator.set_value(&zones.on, ArgoValue::Off);
+    let m = exporter
+        .scrape_until("the remediation", |m| {
+            m.value("argo_remediations_total", &[("result", "success")]) == Some(1.0)
+        })
+        .await;
+    assert_eq!(simulator.zone(&zones.on).unwrap().value, ArgoValue::On);
+    assert_eq!(m.zone_value("argo_enabled", &zones.on), Some(1.0));
+    // The zone that is not editable was never changed, only read.
+    assert_eq!(simulator.zone(&locked).unwrap().value, ArgoValue::Off);
+    assert_eq!(
+        m.value("argo_remediations_total", &[("result", "failure")]),
+        Some(0.0)
+    );
+
+    // Not before the grace: the PATCH came at least 500 ms after the change.
+    let log = simulator.request_log();
+    let patched: Vec<_> = log
+        .iter()
+        .filter(|(at, p)| p.ends_with("/smart_routing") && *at > turned_off)
+        .collect();
+    assert!(!patched.is_empty());
+    let warned = log_lines_with("--enforce turned Argo Smart Routing back on");
+    assert!(
+        warned
+            .iter()
+            .any(|l| l.contains(&format!("zone_id={}", zones.on))),
+        "{warned:#?}"
+    );
+    exporter.stop().await;
+}
