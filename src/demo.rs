@@ -19,6 +19,9 @@ use crate::zones::{ConfiguredZone, Discovery, Expectation, ZoneRef, ZoneSources}
 /// The token the demo's simulator accepts; it opens nothing real.
 const DEMO_TOKEN: &str = "demo-token-not-a-secret";
 
+/// Days until the demo token "expires".
+const DEMO_TOKEN_DAYS_LEFT: i64 = 90;
+
 /// The demo zone whose Argo setting is switched on and off by itself.
 pub const FLAPPING_ZONE_ID: &str = "5c1e0a7f3b2d4e6f8a9b0c1d2e3f4a5b";
 
@@ -67,6 +70,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), crate::Error> {
     let simulator = Simulator::new(zones()).require_token(DEMO_TOKEN);
+    // A token that expires, so the expiry metric (and its dashboard panel) shows.
+    simulator.set_token_expiry(chrono::Utc::now() + chrono::TimeDelta::days(DEMO_TOKEN_DAYS_LEFT));
     let api_listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(crate::Error::Simulator)?;
