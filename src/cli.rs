@@ -53,6 +53,16 @@ pub enum Command {
     /// Turn Argo Smart Routing off for the given zones (read, check editable,
     /// change, read back).
     Disable(ChangeArgs),
+    /// Ask a running exporter's /healthz (for Docker's HEALTHCHECK): exit 0
+    /// when it answers 200, 1 otherwise.
+    Healthcheck(HealthcheckArgs),
+}
+
+/// Flags of `healthcheck`: the running exporter's own web flags.
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    #[command(flatten)]
+    pub web: WebArgs,
 }
 
 /// Flags of `status` and `check`.
@@ -154,6 +164,27 @@ pub struct ZoneArgs {
 
     #[command(flatten)]
     pub discovery: DiscoveryArgs,
+
+    /// This replica's shard, from 0: it watches only the zones whose ID
+    /// falls in it (see --shard.count).
+    #[arg(
+        long = "shard.index",
+        value_name = "I",
+        env = "ARGO_EXPORTER_SHARD_INDEX",
+        default_value_t = 0
+    )]
+    pub shard_index: u32,
+
+    /// How many replicas share the zones: each zone goes to exactly one, by
+    /// its ID, the same way across restarts and versions.
+    #[arg(
+        long = "shard.count",
+        value_name = "N",
+        env = "ARGO_EXPORTER_SHARD_COUNT",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=1024)
+    )]
+    pub shard_count: u32,
 }
 
 /// How to reach the Cloudflare API.
@@ -324,6 +355,15 @@ pub struct WebArgs {
         default_value = "/metrics"
     )]
     pub telemetry_path: String,
+
+    /// YAML file with TLS and basic auth settings, in the Prometheus
+    /// exporter-toolkit format (tls_server_config, basic_auth_users).
+    #[arg(
+        long = "web.config.file",
+        value_name = "PATH",
+        env = "ARGO_EXPORTER_WEB_CONFIG_FILE"
+    )]
+    pub web_config_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -10,12 +10,15 @@ use serde::Serialize;
 
 use crate::budget::Budget;
 use crate::cloudflare::{ApiError, ArgoValue, Client, ClientError, ZoneQuery};
-use crate::config::{ApiConfig, ZoneId};
+use crate::config::{ApiConfig, WebConfig, ZoneId};
 use crate::metrics::Metrics;
 use crate::zones::{Expectation, ZoneRef, ZoneSources, ZoneTracker};
 
 /// Zones read at the same time by the commands.
 const CONCURRENCY: usize = 8;
+
+/// A healthy exporter answers `/healthz` at once; Docker's own timeout is 30 s.
+const HEALTHCHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Exit codes of `check`, `enable` and `disable`.
 pub mod exit {
@@ -308,6 +311,39 @@ async fn resolve(client: &Client, zone: &ZoneRef) -> Result<Option<ZoneId>, ApiE
         .into_iter()
         .find(|z| z.name.eq_ignore_ascii_case(name))
         .and_then(|z| z.id.parse().ok()))
+}
+
+/// Asks the local exporter's `/healthz`, over HTTPS when it serves TLS.
+pub async fn healthcheck(web: &WebConfig) -> Result<(), String> {
+    let (host, port) = web
+        .listen_address
+        .rsplit_once(':')
+        .ok_or_else(|| "the listen address has no port".to_owned())?;
+    let host = match host {
+        "" | "0.0.0.0" => "127.0.0.1",
+        "[::]" => "[::1]",
+        other => other,
+    };
+    let tls = web.security.as_ref().is_some_and(|s| s.tls().is_some());
+    let scheme = if tls { "https" } else { "http" };
+    // The probe talks to this same host's exporter: whatever certificate it
+    // serves (often self-signed, or for another name) is the one expected.
+    let client = reqwest::Client::builder()
+        .timeout(HEALTHCHECK_TIMEOUT)
+        .danger_accept_invalid_certs(true)
+        .build()
+        .map_err(|err| err.to_string())?;
+    let url = format!("{scheme}://{host}:{port}/healthz");
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|err| format!("{url}: {err}"))?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("{url} answered {}", response.status()))
+    }
 }
 
 #[cfg(test)]

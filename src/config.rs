@@ -6,6 +6,7 @@ use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -18,7 +19,8 @@ use crate::cli::{
 };
 use crate::cloudflare::{RetryPolicy, ZoneQuery};
 use crate::config_file::{ConfigFile, FileError};
-use crate::zones::{ConfiguredZone, Discovery, Expectation, ZoneRef, ZoneSources};
+use crate::web_config::{WebConfigError, WebSecurity};
+use crate::zones::{ConfiguredZone, Discovery, Expectation, Shard, ZoneRef, ZoneSources};
 
 /// Base URL of the real Cloudflare v4 API.
 pub const DEFAULT_API_URL: &str = "https://api.cloudflare.com/client/v4";
@@ -112,6 +114,8 @@ pub struct WebConfig {
     /// Where to listen, in a form `tokio::net::TcpListener::bind` accepts.
     pub listen_address: String,
     pub telemetry_path: String,
+    /// TLS and basic auth, from `--web.config.file`.
+    pub security: Option<Arc<WebSecurity>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -151,10 +155,14 @@ pub enum ConfigError {
     NoZones,
     #[error("--alertmanager.url: {url:?} {reason}")]
     AlertmanagerUrl { url: String, reason: String },
+    #[error("--shard.index: {index} is not below --shard.count {count} (shards count from 0)")]
+    Shard { index: u32, count: u32 },
     #[error("{flag} only applies with --zones.discover")]
     DiscoveryFilterWithoutDiscovery { flag: &'static str },
     #[error(transparent)]
     File(#[from] FileError),
+    #[error(transparent)]
+    WebConfig(#[from] WebConfigError),
     #[error(
         "no Cloudflare credentials: set CLOUDFLARE_API_TOKEN, --cloudflare.api-token-file, \
          or CLOUDFLARE_EMAIL with CLOUDFLARE_API_KEY"
@@ -226,6 +234,7 @@ impl ZoneSources {
             discovery,
             refresh: args.discovery.refresh_interval,
             default_expect: args.expect,
+            shard: shard_from(args)?,
         })
     }
 }
@@ -292,11 +301,31 @@ fn parse_alertmanager_url(text: &str) -> Result<Url, ConfigError> {
 
 impl WebConfig {
     pub fn from_args(args: &WebArgs) -> Result<Self, ConfigError> {
+        let security = args
+            .web_config_file
+            .as_deref()
+            .map(WebSecurity::load)
+            .transpose()?
+            .map(Arc::new);
         Ok(Self {
             listen_address: parse_listen_address(&args.listen_address)?,
             telemetry_path: parse_telemetry_path(&args.telemetry_path)?,
+            security,
         })
     }
+}
+
+fn shard_from(args: &ZoneArgs) -> Result<Shard, ConfigError> {
+    if args.shard_index >= args.shard_count {
+        return Err(ConfigError::Shard {
+            index: args.shard_index,
+            count: args.shard_count,
+        });
+    }
+    Ok(Shard {
+        index: args.shard_index,
+        count: args.shard_count,
+    })
 }
 
 fn discovery_from(args: &DiscoveryArgs) -> Result<Option<Discovery>, ConfigError> {
@@ -475,7 +504,11 @@ fn parse_listen_address(text: &str) -> Result<String, ConfigError> {
 
 fn parse_telemetry_path(path: &str) -> Result<String, ConfigError> {
     let reserved = ["/", "/healthz", "/readyz"];
-    if !path.starts_with('/') || reserved.contains(&path) {
+    // Requests arrive percent-encoded; plain characters compare as written.
+    let plain = path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b));
+    if !path.starts_with('/') || reserved.contains(&path) || !plain {
         return Err(ConfigError::TelemetryPath {
             path: path.to_owned(),
         });

@@ -14,7 +14,7 @@ use crate::budget::RateLimit;
 use crate::cloudflare::{ArgoValue, RetryPolicy, ZoneQuery};
 use crate::config::{AlertingConfig, ApiConfig, Config, Credentials, PollConfig, WebConfig};
 use crate::simulator::{SimZone, Simulator, BASE_PATH};
-use crate::zones::{ConfiguredZone, Discovery, Expectation, ZoneRef, ZoneSources};
+use crate::zones::{ConfiguredZone, Discovery, Expectation, Shard, ZoneRef, ZoneSources};
 
 /// The token the demo's simulator accepts; it opens nothing real.
 const DEMO_TOKEN: &str = "demo-token-not-a-secret";
@@ -100,6 +100,7 @@ pub async fn run(
             }),
             refresh: ZONE_REFRESH,
             default_expect: Expectation::On,
+            shard: Shard::ALL,
         },
         api: ApiConfig {
             base_url: base_url

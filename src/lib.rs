@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod poller;
 pub mod server;
 pub mod simulator;
+pub mod web_config;
 pub mod zones;
 
 use std::future::Future;
@@ -120,6 +121,7 @@ pub async fn run(
         metrics,
         telemetry_path: config.web.telemetry_path,
         readiness,
+        security: config.web.security,
     });
     // The poller only ends when told to; if it ends on its own (a bug), the
     // metrics would freeze while looking healthy, so the exporter stops too.

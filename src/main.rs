@@ -6,7 +6,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use cloudflare_argo_exporter::cli::{
-    ChangeArgs, Cli, Command, DemoArgs, ExporterArgs, OutputFormat, SimulateArgs, StatusArgs,
+    ChangeArgs, Cli, Command, DemoArgs, ExporterArgs, HealthcheckArgs, OutputFormat, SimulateArgs,
+    StatusArgs,
 };
 use cloudflare_argo_exporter::cloudflare::ArgoValue;
 use cloudflare_argo_exporter::commands;
@@ -45,6 +46,7 @@ fn main() -> ExitCode {
         Some(Command::Check(args)) => runtime.block_on(status(args, true)),
         Some(Command::Enable(args)) => runtime.block_on(change(args, ArgoValue::On)),
         Some(Command::Disable(args)) => runtime.block_on(change(args, ArgoValue::Off)),
+        Some(Command::Healthcheck(args)) => runtime.block_on(healthcheck(args)),
     }
 }
 
@@ -106,6 +108,18 @@ async fn status(args: StatusArgs, check: bool) -> ExitCode {
         ExitCode::from(commands::check_exit_code(&reports))
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// `healthcheck`: exit 0 when the exporter's /healthz answers 200.
+async fn healthcheck(args: HealthcheckArgs) -> ExitCode {
+    let web = match WebConfig::from_args(&args.web) {
+        Ok(web) => web,
+        Err(err) => return usage_error(err.to_string()),
+    };
+    match commands::healthcheck(&web).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => failure(format!("unhealthy: {reason}")),
     }
 }
 

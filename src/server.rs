@@ -1,5 +1,6 @@
 //! The HTTP server: metrics at the telemetry path, a landing page, and the
-//! `/healthz` and `/readyz` probes. Every answer comes from memory.
+//! `/healthz` and `/readyz` probes, over HTTP or HTTPS, with optional basic
+//! auth. Every answer comes from memory.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -7,18 +8,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use crate::metrics::Metrics;
 use crate::poller::Readiness;
+use crate::web_config::WebSecurity;
 
 /// A client has this long to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,11 +30,16 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// A client has this long to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What request handlers read.
 pub struct AppState {
     pub metrics: Metrics,
     pub telemetry_path: String,
     pub readiness: Readiness,
+    /// TLS and basic auth from `--web.config.file`.
+    pub security: Option<Arc<WebSecurity>>,
 }
 
 /// Serves connections from `listener` until `shutdown` is cancelled, then
@@ -53,18 +60,21 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
             },
         };
         let state = Arc::clone(&state);
-        let service = service_fn(move |request| {
-            let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(route(&state, &request)) }
-        });
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                debug!(error = %err, "HTTP connection ended with an error");
+            let tls = state.security.as_ref().and_then(|s| s.tls().cloned());
+            match tls {
+                None => serve_connection(TokioIo::new(stream), state, watcher).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => {
+                            serve_connection(TokioIo::new(stream), state, watcher).await;
+                        }
+                        Ok(Err(err)) => debug!(error = %err, "TLS handshake failed"),
+                        Err(_) => debug!("TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
@@ -76,6 +86,54 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
     {
         warn!("open HTTP connections did not finish in time; closing them");
     }
+}
+
+async fn serve_connection<IO>(io: IO, state: Arc<AppState>, watcher: Watcher)
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(handle(&state, &request).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(io, service);
+    if let Err(err) = watcher.watch(connection).await {
+        debug!(error = %err, "HTTP connection ended with an error");
+    }
+}
+
+/// Checks basic auth, then routes. The probes stay open, so a kubelet or
+/// Docker can call them without credentials.
+async fn handle<B>(state: &AppState, request: &Request<B>) -> Response<Full<Bytes>> {
+    let probe = matches!(request.uri().path(), "/healthz" | "/readyz");
+    if let Some(security) = state
+        .security
+        .as_ref()
+        .filter(|s| s.requires_auth() && !probe)
+    {
+        let header = request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let security = Arc::clone(security);
+        // bcrypt takes tens of milliseconds on purpose: keep it off the async threads.
+        let allowed = tokio::task::spawn_blocking(move || security.authorize(header.as_deref()))
+            .await
+            .unwrap_or(false);
+        if !allowed {
+            let mut response = plain(StatusCode::UNAUTHORIZED, "unauthorized\n");
+            response.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"cloudflare-argo-exporter\""),
+            );
+            return response;
+        }
+    }
+    route(state, request)
 }
 
 fn route<B>(state: &AppState, request: &Request<B>) -> Response<Full<Bytes>> {

@@ -174,6 +174,26 @@ impl Discovery {
     }
 }
 
+/// One replica's share of the zones when several split them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    /// The whole set: one replica watches every zone.
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    /// Whether the zone is this shard's. A zone ID is 128 random bits written
+    /// in hex, so its value modulo the count spreads zones evenly and never
+    /// changes with the program's version.
+    pub fn owns(self, zone: &ZoneId) -> bool {
+        let value = u128::from_str_radix(zone.as_str(), 16).unwrap_or(0);
+        value % u128::from(self.count) == u128::from(self.index)
+    }
+}
+
 /// Everything that decides which zones are watched.
 #[derive(Debug, Clone)]
 pub struct ZoneSources {
@@ -184,6 +204,8 @@ pub struct ZoneSources {
     pub refresh: Duration,
     /// The expectation of zones that have none of their own.
     pub default_expect: Expectation,
+    /// The zones of other shards are left to their replicas.
+    pub shard: Shard,
 }
 
 impl ZoneSources {
@@ -194,6 +216,7 @@ impl ZoneSources {
             discovery: None,
             refresh: Duration::from_secs(600),
             default_expect: Expectation::On,
+            shard: Shard::ALL,
         }
     }
 }
@@ -206,6 +229,7 @@ pub struct ZoneTracker {
     discovery: Option<Discovery>,
     refresh: Duration,
     default_expect: Expectation,
+    shard: Shard,
     /// Names already resolved to IDs, so each is looked up once.
     resolved: BTreeMap<String, Zone>,
     /// The last successful discovery, kept while the API is failing.
@@ -222,6 +246,7 @@ impl ZoneTracker {
             discovery: sources.discovery.clone(),
             refresh: sources.refresh,
             default_expect: sources.default_expect,
+            shard: sources.shard,
             resolved: BTreeMap::new(),
             discovered: Vec::new(),
             sender: watch::channel(ZoneSet::default()).0,
@@ -383,7 +408,12 @@ impl ZoneTracker {
                 },
             );
         }
-        Arc::new(zones.into_values().collect())
+        Arc::new(
+            zones
+                .into_values()
+                .filter(|zone| self.shard.owns(&zone.id))
+                .collect(),
+        )
     }
 }
 
@@ -413,6 +443,33 @@ mod tests {
             let err = bad.parse::<ZoneRef>().unwrap_err();
             assert!(err.contains(&format!("{bad:?}")), "{err}");
         }
+    }
+
+    #[test]
+    fn shards_split_zones_evenly_and_exactly_once() {
+        let shards: Vec<Shard> = (0..3).map(|index| Shard { index, count: 3 }).collect();
+        let mut per_shard = [0; 3];
+        for n in 0u32..3000 {
+            // Spread-out IDs, like real ones.
+            let id: ZoneId = format!(
+                "{:032x}",
+                u128::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+            )
+            .parse()
+            .unwrap();
+            let owners: Vec<usize> = (0..3).filter(|&s| shards[s].owns(&id)).collect();
+            assert_eq!(owners.len(), 1);
+            per_shard[owners[0]] += 1;
+        }
+        assert!(
+            per_shard.iter().all(|&count| (900..=1100).contains(&count)),
+            "{per_shard:?}"
+        );
+        // Stable: this ID always belongs to shard 0 of 3.
+        let id: ZoneId = "023e105f4ecef8ad9ca31a8372d0c353".parse().unwrap();
+        assert!(Shard { index: 0, count: 3 }.owns(&id));
+        assert!(!Shard { index: 2, count: 3 }.owns(&id));
+        assert!(Shard::ALL.owns(&id));
     }
 
     #[test]

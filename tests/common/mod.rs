@@ -63,6 +63,7 @@ pub fn config(api_url: &str, zones: &[&str], interval: Duration) -> Config {
         web: WebConfig {
             listen_address: "127.0.0.1:0".to_owned(),
             telemetry_path: "/metrics".to_owned(),
+            security: None,
         },
         alerting: AlertingConfig::default(),
     }

@@ -1,0 +1,263 @@
+//! A secured `/metrics`: `--web.config.file` in the exporter-toolkit format,
+//! with a certificate generated for the test. HTTPS with basic auth works,
+//! wrong credentials get 401, plain HTTP to the TLS port fails, a real
+//! Prometheus scrapes it with `basic_auth` and `tls_config`, and the
+//! `healthcheck` command speaks TLS.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudflare_argo_exporter::web_config::WebSecurity;
+use common::*;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_cloudflare-argo-exporter");
+const PASSWORD: &str = "correct horse battery staple";
+
+/// A self-signed certificate for localhost and 127.0.0.1, its key, and a
+/// web config using them with basic auth for `prometheus`.
+struct Secured {
+    dir: tempfile::TempDir,
+    cert_pem: String,
+}
+
+impl Secured {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let certified = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+        ])
+        .unwrap();
+        let cert_pem = certified.cert.pem();
+        std::fs::write(dir.path().join("server.crt"), &cert_pem).unwrap();
+        std::fs::write(
+            dir.path().join("server.key"),
+            certified.signing_key.serialize_pem(),
+        )
+        .unwrap();
+        // A low bcrypt cost keeps the test fast; real files use 10 or more.
+        let hash = bcrypt::hash(PASSWORD, 4).unwrap();
+        std::fs::write(
+            dir.path().join("web.yml"),
+            format!(
+                "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
+                 min_version: TLS12\nbasic_auth_users:\n  prometheus: '{hash}'\n"
+            ),
+        )
+        .unwrap();
+        Self { dir, cert_pem }
+    }
+
+    fn web_config(&self) -> PathBuf {
+        self.dir.path().join("web.yml")
+    }
+
+    fn client(&self) -> reqwest::Client {
+        let root = reqwest::Certificate::from_pem(self.cert_pem.as_bytes()).unwrap();
+        reqwest::Client::builder()
+            .add_root_certificate(root)
+            .build()
+            .unwrap()
+    }
+}
+
+async fn api() -> MockServer {
+    let api = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(argo_body("on", true, None)))
+        .mount(&api)
+        .await;
+    api
+}
+
+async fn secured_exporter(secured: &Secured, api: &MockServer) -> Exporter {
+    let mut config = config(&api.uri(), &[ZONE_A], Duration::from_secs(60));
+    config.web.security = Some(Arc::new(WebSecurity::load(&secured.web_config()).unwrap()));
+    Exporter::start(config).await
+}
+
+#[tokio::test]
+async fn https_with_basic_auth() {
+    let secured = Secured::new();
+    let api = api().await;
+    let exporter = secured_exporter(&secured, &api).await;
+    let url = format!("https://localhost:{}/metrics", exporter.address.port());
+    let client = secured.client();
+
+    let ok = client
+        .get(&url)
+        .basic_auth("prometheus", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(ok
+        .text()
+        .await
+        .unwrap()
+        .contains("argo_exporter_build_info"));
+
+    let wrong = client
+        .get(&url)
+        .basic_auth("prometheus", Some("hunter2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Basic"));
+    let anonymous = client.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // Probes stay open for kubelets and Docker.
+    let health = format!("https://localhost:{}/healthz", exporter.address.port());
+    assert_eq!(client.get(&health).send().await.unwrap().status(), 200);
+    exporter.stop().await;
+}
+
+#[tokio::test]
+async fn plain_http_to_the_tls_port_fails() {
+    let secured = Secured::new();
+    let api = api().await;
+    let exporter = secured_exporter(&secured, &api).await;
+    let plain = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{}/metrics",
+            exporter.address.port()
+        ))
+        .basic_auth("prometheus", Some(PASSWORD))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(
+        plain.as_ref().map_or(true, |r| !r.status().is_success()),
+        "plain HTTP got {plain:?}"
+    );
+    exporter.stop().await;
+}
+
+#[tokio::test]
+async fn healthcheck_speaks_tls() {
+    let secured = Secured::new();
+    let api = api().await;
+    let exporter = secured_exporter(&secured, &api).await;
+    let address = exporter.address.to_string();
+    let config = secured.web_config();
+    let healthy = tokio::task::spawn_blocking(move || {
+        Command::new(BINARY)
+            .args(["healthcheck", "--web.listen-address", &address])
+            .arg("--web.config.file")
+            .arg(&config)
+            .env_clear()
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        healthy.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&healthy.stderr)
+    );
+    exporter.stop().await;
+
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let unhealthy = Command::new(BINARY)
+        .args(["healthcheck", "--web.listen-address", &closed])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(unhealthy.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unhealthy.stderr).contains("unhealthy"));
+}
+
+/// Kills the child process when the test ends, whether it passed or not.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn write_prometheus_config(dir: &Path, target: &str, ca: &Path) -> PathBuf {
+    let path = dir.join("prometheus.yml");
+    std::fs::write(
+        &path,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: cloudflare-argo\n    \
+             scheme: https\n    tls_config:\n      ca_file: {ca}\n      server_name: localhost\n    \
+             basic_auth:\n      username: prometheus\n      password: '{PASSWORD}'\n    \
+             static_configs:\n      - targets: ['{target}']\n",
+            ca = ca.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_with_tls_and_basic_auth() {
+    let secured = Secured::new();
+    let api = api().await;
+    let exporter = secured_exporter(&secured, &api).await;
+
+    let prometheus_dir = tempfile::tempdir().unwrap();
+    let config = write_prometheus_config(
+        prometheus_dir.path(),
+        &exporter.address.to_string(),
+        &secured.dir.path().join("server.crt"),
+    );
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _prometheus = Running(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                prometheus_dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus starts (run scripts/test, which installs it)"),
+    );
+
+    let query = |q: &'static str| async move {
+        let url = format!("http://127.0.0.1:{port}/api/v1/query?query={q}");
+        let Ok(response) = reqwest::get(&url).await else {
+            return Vec::new();
+        };
+        let answer: serde_json::Value = response.json().await.unwrap_or_default();
+        answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    eventually("Prometheus to scrape over TLS with basic auth", || async {
+        let up = query("up").await;
+        up.first().is_some_and(|s| s["value"][1] == "1") && !query("argo_enabled").await.is_empty()
+    })
+    .await;
+    exporter.stop().await;
+}
