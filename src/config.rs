@@ -116,7 +116,14 @@ pub struct WebConfig {
     pub telemetry_path: String,
     /// TLS and basic auth, from `--web.config.file`.
     pub security: Option<Arc<WebSecurity>>,
+    /// How long one encoding of the metrics serves scrapes that come close
+    /// together (see `server::EncodedMetrics`).
+    pub metrics_max_age: Duration,
 }
+
+/// Scrapes within a second of each other share one encoding: values only
+/// change when a poll lands, and polls of one zone are seconds apart at least.
+pub const DEFAULT_METRICS_MAX_AGE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
 pub struct LogConfig {
@@ -311,6 +318,7 @@ impl WebConfig {
             listen_address: parse_listen_address(&args.listen_address)?,
             telemetry_path: parse_telemetry_path(&args.telemetry_path)?,
             security,
+            metrics_max_age: DEFAULT_METRICS_MAX_AGE,
         })
     }
 }

@@ -30,7 +30,7 @@ use crate::cloudflare::{Client, ClientError};
 use crate::config::{Config, Credentials};
 use crate::metrics::Metrics;
 use crate::poller::{Actions, Poller, Readiness};
-use crate::server::AppState;
+use crate::server::{AppState, EncodedMetrics};
 use crate::zones::ZoneTracker;
 
 /// Why the exporter could not run.
@@ -118,7 +118,7 @@ pub async fn run(
     });
 
     let state = Arc::new(AppState {
-        metrics,
+        metrics: EncodedMetrics::new(metrics, config.web.metrics_max_age),
         telemetry_path: config.web.telemetry_path,
         readiness,
         security: config.web.security,

@@ -2,6 +2,7 @@
 //! HTTP server encodes on each scrape. Nothing here calls Cloudflare: the
 //! values are whatever the poller last stored.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::core::Collector;
@@ -22,10 +23,39 @@ const REQUEST_DURATION_BUCKETS: &[f64] = &[0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 /// A poll cycle takes from well under a second to about the poll interval.
 const CYCLE_DURATION_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
 
+/// Every collector, in registration order. The `prometheus` crate's
+/// `Registry` is kept for its checks (names unique and valid), but encoding
+/// walks this list one collector at a time: gathering everything at once
+/// would hold a copy of every series in memory, tens of megabytes at 10,000
+/// zones.
+#[derive(Clone, Default)]
+pub struct MetricRegistry {
+    registry: Registry,
+    collectors: Arc<Mutex<Vec<Box<dyn Collector>>>>,
+}
+
+impl MetricRegistry {
+    pub fn register<C: Collector + Clone + 'static>(&self, collector: C) -> prometheus::Result<()> {
+        self.registry.register(Box::new(collector.clone()))?;
+        self.lock().push(Box::new(collector));
+        Ok(())
+    }
+
+    /// Adds a collector that cannot be cloned, skipping the registry's checks.
+    fn add_unchecked(&self, collector: Box<dyn Collector>) {
+        self.lock().push(collector);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Box<dyn Collector>>> {
+        // Only ever pushed to: a poisoned list is still whole.
+        self.collectors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// The registry and the handles of every metric in it.
 #[derive(Clone)]
 pub struct Metrics {
-    registry: Registry,
+    registry: MetricRegistry,
     pub api: ApiMetrics,
     pub zones: ZoneMetrics,
     pub poll: PollMetrics,
@@ -35,7 +65,7 @@ pub struct Metrics {
 impl Metrics {
     /// Registers every metric; `budget` is the configured API allowance.
     pub fn new(budget: RateLimit) -> prometheus::Result<Self> {
-        let registry = Registry::new();
+        let registry = MetricRegistry::default();
         let metrics = Self {
             api: ApiMetrics::register(&registry, budget)?,
             zones: ZoneMetrics::register(&registry)?,
@@ -45,32 +75,45 @@ impl Metrics {
         };
         register_build_info(&metrics.registry)?;
         #[cfg(target_os = "linux")]
-        metrics.registry.register(Box::new(
+        metrics.registry.add_unchecked(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
+        ));
         Ok(metrics)
     }
 
-    /// Sets the token's expiry time. The gauge is registered on first use, so
-    /// it is absent for tokens that never expire.
+    /// Sets the token's expiry time. The series exists only once set, so it
+    /// is absent for tokens that never expire.
     pub fn set_token_expiry(&self, unix_seconds: f64) {
-        self.api.token_expiry.set(unix_seconds);
-        // A second registration fails with AlreadyReg and changes nothing.
-        let _ = self
-            .registry
-            .register(Box::new(self.api.token_expiry.clone()));
+        self.api
+            .token_expiry
+            .with_label_values(&[] as &[&str])
+            .set(unix_seconds);
+    }
+
+    /// Encodes every metric in the text exposition format, one collector at
+    /// a time, appending to `buffer`.
+    pub fn encode_into(&self, buffer: &mut Vec<u8>) -> Result<(), prometheus::Error> {
+        let encoder = TextEncoder::new();
+        for collector in self.registry.lock().iter() {
+            let families: Vec<_> = collector
+                .collect()
+                .into_iter()
+                .filter(|family| !family.get_metric().is_empty())
+                .collect();
+            encoder.encode(&families, buffer)?;
+        }
+        Ok(())
     }
 
     /// Encodes every metric in the text exposition format.
     pub fn encode(&self) -> Result<Vec<u8>, prometheus::Error> {
-        let families = self.registry.gather();
         let mut buffer = Vec::with_capacity(16 * 1024);
-        TextEncoder::new().encode(&families, &mut buffer)?;
+        self.encode_into(&mut buffer)?;
         Ok(buffer)
     }
 }
 
-fn register_build_info(registry: &Registry) -> prometheus::Result<()> {
+fn register_build_info(registry: &MetricRegistry) -> prometheus::Result<()> {
     let build_info = IntGaugeVec::new(
         Opts::new(
             "argo_exporter_build_info",
@@ -81,7 +124,7 @@ fn register_build_info(registry: &Registry) -> prometheus::Result<()> {
     build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
-    registry.register(Box::new(build_info))
+    registry.register(build_info)
 }
 
 /// Counters and timings of Cloudflare API requests.
@@ -92,11 +135,12 @@ pub struct ApiMetrics {
     retries: IntCounterVec,
     duration: HistogramVec,
     budget_wait: Counter,
-    token_expiry: Gauge,
+    /// No labels; a vector so the series can stay absent until set.
+    token_expiry: GaugeVec,
 }
 
 impl ApiMetrics {
-    fn register(registry: &Registry, budget: RateLimit) -> prometheus::Result<Self> {
+    fn register(registry: &MetricRegistry, budget: RateLimit) -> prometheus::Result<Self> {
         let requests = IntCounterVec::new(
             Opts::new(
                 "argo_api_requests_total",
@@ -142,21 +186,25 @@ impl ApiMetrics {
             "argo_api_budget_window_seconds",
             "Length of the API budget window (--cloudflare.rate-limit).",
         )?;
-        let token_expiry = Gauge::new(
-            "argo_api_token_expiry_timestamp_seconds",
-            "Unix time in seconds when the API token expires, from the token check at \
-             start; absent when the token does not expire.",
+        let token_expiry = GaugeVec::new(
+            Opts::new(
+                "argo_api_token_expiry_timestamp_seconds",
+                "Unix time in seconds when the API token expires, from the token check at \
+                 start; absent when the token does not expire.",
+            ),
+            &[],
         )?;
         budget_requests.set(i64::from(budget.count));
         budget_window.set(budget.duration.as_secs_f64());
 
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(errors.clone()))?;
-        registry.register(Box::new(retries.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
-        registry.register(Box::new(budget_wait.clone()))?;
-        registry.register(Box::new(budget_requests))?;
-        registry.register(Box::new(budget_window))?;
+        registry.register(requests.clone())?;
+        registry.register(errors.clone())?;
+        registry.register(retries.clone())?;
+        registry.register(duration.clone())?;
+        registry.register(budget_wait.clone())?;
+        registry.register(budget_requests)?;
+        registry.register(budget_window)?;
+        registry.register(token_expiry.clone())?;
 
         // Start every error series at zero so rate() and alerts see the first error.
         for endpoint in Endpoint::ALL {
@@ -264,15 +312,15 @@ pub struct ZoneMetrics {
 const ZONE_LABELS: &[&str] = &["zone_id", "zone_name"];
 
 impl ZoneMetrics {
-    fn register(registry: &Registry) -> prometheus::Result<Self> {
+    fn register(registry: &MetricRegistry) -> prometheus::Result<Self> {
         let int_gauge = |name: &str, help: &str| {
             let gauge = IntGaugeVec::new(Opts::new(name, help), ZONE_LABELS)?;
-            registry.register(Box::new(gauge.clone()))?;
+            registry.register(gauge.clone())?;
             Ok::<_, prometheus::Error>(gauge)
         };
         let gauge = |name: &str, help: &str| {
             let gauge = GaugeVec::new(Opts::new(name, help), ZONE_LABELS)?;
-            registry.register(Box::new(gauge.clone()))?;
+            registry.register(gauge.clone())?;
             Ok::<_, prometheus::Error>(gauge)
         };
         Ok(Self {
@@ -318,7 +366,7 @@ impl ZoneMetrics {
                     ),
                     &["zone_id", "zone_name", "to"],
                 )?;
-                registry.register(Box::new(counter.clone()))?;
+                registry.register(counter.clone())?;
                 counter
             },
         })
@@ -458,7 +506,7 @@ pub struct AlertingMetrics {
 }
 
 impl AlertingMetrics {
-    fn register(registry: &Registry) -> prometheus::Result<Self> {
+    fn register(registry: &MetricRegistry) -> prometheus::Result<Self> {
         let notifications = IntCounterVec::new(
             Opts::new(
                 "argo_alertmanager_notifications_total",
@@ -473,8 +521,8 @@ impl AlertingMetrics {
             ),
             &["result"],
         )?;
-        registry.register(Box::new(notifications.clone()))?;
-        registry.register(Box::new(remediations.clone()))?;
+        registry.register(notifications.clone())?;
+        registry.register(remediations.clone())?;
         for result in ["success", "failure"] {
             notifications.with_label_values(&[result]);
             remediations.with_label_values(&[result]);
@@ -509,7 +557,7 @@ pub struct PollMetrics {
 }
 
 impl PollMetrics {
-    fn register(registry: &Registry) -> prometheus::Result<Self> {
+    fn register(registry: &MetricRegistry) -> prometheus::Result<Self> {
         let cycles = IntCounter::new(
             "argo_poll_cycles_total",
             "Poll cycles completed; each cycle polls every zone once.",
@@ -542,12 +590,12 @@ impl PollMetrics {
             ),
             &["source"],
         )?;
-        registry.register(Box::new(cycles.clone()))?;
-        registry.register(Box::new(overruns.clone()))?;
-        registry.register(Box::new(cycle_duration.clone()))?;
-        registry.register(Box::new(last_cycle_end.clone()))?;
-        registry.register(Box::new(interval.clone()))?;
-        registry.register(Box::new(zones.clone()))?;
+        registry.register(cycles.clone())?;
+        registry.register(overruns.clone())?;
+        registry.register(cycle_duration.clone())?;
+        registry.register(last_cycle_end.clone())?;
+        registry.register(interval.clone())?;
+        registry.register(zones.clone())?;
         Ok(Self {
             cycles,
             overruns,

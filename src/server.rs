@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -35,7 +35,7 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What request handlers read.
 pub struct AppState {
-    pub metrics: Metrics,
+    pub metrics: EncodedMetrics,
     pub telemetry_path: String,
     pub readiness: Readiness,
     /// TLS and basic auth from `--web.config.file`.
@@ -133,6 +133,10 @@ async fn handle<B>(state: &AppState, request: &Request<B>) -> Response<Full<Byte
             return response;
         }
     }
+    let read = request.method() == Method::GET || request.method() == Method::HEAD;
+    if read && request.uri().path() == state.telemetry_path {
+        return metrics(state).await;
+    }
     route(state, request)
 }
 
@@ -145,7 +149,6 @@ fn route<B>(state: &AppState, request: &Request<B>) -> Response<Full<Bytes>> {
         return response;
     }
     match request.uri().path() {
-        path if path == state.telemetry_path => metrics(state),
         "/" => landing_page(&state.telemetry_path),
         "/healthz" => plain(StatusCode::OK, "ok\n"),
         "/readyz" if state.readiness.is_ready() => plain(StatusCode::OK, "ready\n"),
@@ -157,13 +160,82 @@ fn route<B>(state: &AppState, request: &Request<B>) -> Response<Full<Bytes>> {
     }
 }
 
-fn metrics(state: &AppState) -> Response<Full<Bytes>> {
-    match state.metrics.encode() {
-        Ok(body) => respond(StatusCode::OK, TEXT_FORMAT, body),
+async fn metrics(state: &AppState) -> Response<Full<Bytes>> {
+    match state.metrics.current().await {
+        Ok(body) => {
+            let mut response = Response::new(Full::new(body));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
+            response
+        }
         Err(err) => {
             error!(error = %err, "cannot encode metrics");
             plain(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n")
         }
+    }
+}
+
+/// The encoded metrics, shared by the scrapes that come close together.
+///
+/// Encoding 10,000 zones takes tens of milliseconds, and a busy Prometheus
+/// pair (or a dashboard) may scrape many times a second. So an encoding is
+/// reused while it is younger than `max_age`; after that, the first scrape to
+/// come re-encodes (off the async threads) while concurrent ones are served
+/// the previous encoding instead of waiting. A lone scrape every 15 s always
+/// gets a fresh encoding.
+pub struct EncodedMetrics {
+    metrics: Metrics,
+    max_age: Duration,
+    latest: std::sync::RwLock<Option<(Instant, Bytes)>>,
+    encoding: tokio::sync::Mutex<()>,
+}
+
+impl EncodedMetrics {
+    pub fn new(metrics: Metrics, max_age: Duration) -> Self {
+        Self {
+            metrics,
+            max_age,
+            latest: std::sync::RwLock::new(None),
+            encoding: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub async fn current(&self) -> Result<Bytes, String> {
+        if let Some((at, bytes)) = self.latest() {
+            if at.elapsed() < self.max_age {
+                return Ok(bytes);
+            }
+            return match self.encoding.try_lock() {
+                Ok(_encoding) => self.encode().await,
+                // Someone is encoding already: the previous one will do.
+                Err(_) => Ok(bytes),
+            };
+        }
+        let _encoding = self.encoding.lock().await;
+        match self.latest() {
+            Some((at, bytes)) if at.elapsed() < self.max_age => Ok(bytes),
+            _ => self.encode().await,
+        }
+    }
+
+    fn latest(&self) -> Option<(Instant, Bytes)> {
+        self.latest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    async fn encode(&self) -> Result<Bytes, String> {
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let encoded = tokio::task::spawn_blocking(move || metrics.encode())
+            .await
+            .map_err(|err| err.to_string())?
+            .map_err(|err| err.to_string())?;
+        let bytes = Bytes::from(encoded);
+        *self.latest.write().unwrap_or_else(|p| p.into_inner()) = Some((started, bytes.clone()));
+        Ok(bytes)
     }
 }
 
@@ -205,4 +277,26 @@ fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Res
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::RateLimit;
+
+    #[tokio::test]
+    async fn scrapes_close_together_share_one_encoding() {
+        let metrics = Metrics::new(RateLimit::default()).unwrap();
+        let encoded = EncodedMetrics::new(metrics.clone(), Duration::from_millis(300));
+        let first = encoded.current().await.unwrap();
+
+        metrics.poll.cycles.inc();
+        let second = encoded.current().await.unwrap();
+        assert_eq!(first, second, "re-encoded within max_age");
+
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let third = encoded.current().await.unwrap();
+        let text = String::from_utf8(third.to_vec()).unwrap();
+        assert!(text.contains("argo_poll_cycles_total 1"), "{text}");
+    }
 }

@@ -64,6 +64,8 @@ pub fn config(api_url: &str, zones: &[&str], interval: Duration) -> Config {
             listen_address: "127.0.0.1:0".to_owned(),
             telemetry_path: "/metrics".to_owned(),
             security: None,
+            // Tests read back what a poll just did, so no encoding is reused.
+            metrics_max_age: Duration::ZERO,
         },
         alerting: AlertingConfig::default(),
     }
