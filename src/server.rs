@@ -180,45 +180,67 @@ async fn metrics(state: &AppState) -> Response<Full<Bytes>> {
 ///
 /// Encoding 10,000 zones takes tens of milliseconds, and a busy Prometheus
 /// pair (or a dashboard) may scrape many times a second. So an encoding is
-/// reused while it is younger than `max_age`; after that, the first scrape to
-/// come re-encodes (off the async threads) while concurrent ones are served
-/// the previous encoding instead of waiting. A lone scrape every 15 s always
-/// gets a fresh encoding.
+/// served as it is while younger than `max_age`. An older one, while younger
+/// than `STALE_LIMIT`, is still served at once while a background task
+/// encodes anew, so under load no scrape waits for an encoding. Past that
+/// (a lone scrape every 15 s), the scrape waits for a fresh encoding.
 pub struct EncodedMetrics {
+    inner: Arc<Inner>,
+}
+
+/// An encoding this old is not served while a fresh one is made.
+const STALE_LIMIT: Duration = Duration::from_secs(5);
+
+struct Inner {
     metrics: Metrics,
     max_age: Duration,
     latest: std::sync::RwLock<Option<(Instant, Bytes)>>,
-    encoding: tokio::sync::Mutex<()>,
+    /// Held by whoever is encoding, so only one encoding runs at a time.
+    encoding: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl EncodedMetrics {
     pub fn new(metrics: Metrics, max_age: Duration) -> Self {
         Self {
-            metrics,
-            max_age,
-            latest: std::sync::RwLock::new(None),
-            encoding: tokio::sync::Mutex::new(()),
+            inner: Arc::new(Inner {
+                metrics,
+                max_age,
+                latest: std::sync::RwLock::new(None),
+                encoding: Arc::new(tokio::sync::Mutex::new(())),
+            }),
         }
     }
 
     pub async fn current(&self) -> Result<Bytes, String> {
-        if let Some((at, bytes)) = self.latest() {
-            if at.elapsed() < self.max_age {
+        let inner = &self.inner;
+        if let Some((at, bytes)) = inner.latest() {
+            let age = at.elapsed();
+            if age < inner.max_age {
                 return Ok(bytes);
             }
-            return match self.encoding.try_lock() {
-                Ok(_encoding) => self.encode().await,
-                // Someone is encoding already: the previous one will do.
-                Err(_) => Ok(bytes),
-            };
+            // With no max_age (tests), every scrape waits for a fresh encoding.
+            if !inner.max_age.is_zero() && age < STALE_LIMIT {
+                if let Ok(encoding) = Arc::clone(&inner.encoding).try_lock_owned() {
+                    let inner = Arc::clone(&self.inner);
+                    tokio::spawn(async move {
+                        if let Err(err) = inner.encode().await {
+                            error!(error = %err, "cannot encode metrics");
+                        }
+                        drop(encoding);
+                    });
+                }
+                return Ok(bytes);
+            }
         }
-        let _encoding = self.encoding.lock().await;
-        match self.latest() {
-            Some((at, bytes)) if at.elapsed() < self.max_age => Ok(bytes),
-            _ => self.encode().await,
+        let _encoding = inner.encoding.lock().await;
+        match inner.latest() {
+            Some((at, bytes)) if at.elapsed() < inner.max_age => Ok(bytes),
+            _ => inner.encode().await,
         }
     }
+}
 
+impl Inner {
     fn latest(&self) -> Option<(Instant, Bytes)> {
         self.latest
             .read()
@@ -228,11 +250,19 @@ impl EncodedMetrics {
 
     async fn encode(&self) -> Result<Bytes, String> {
         let metrics = self.metrics.clone();
+        // Room for the last encoding's size and a little growth, so the
+        // buffer is not doubled (and copied) on the way.
+        let capacity = self
+            .latest()
+            .map_or(64 * 1024, |(_, bytes)| bytes.len() + bytes.len() / 8);
         let started = Instant::now();
-        let encoded = tokio::task::spawn_blocking(move || metrics.encode())
-            .await
-            .map_err(|err| err.to_string())?
-            .map_err(|err| err.to_string())?;
+        let encoded = tokio::task::spawn_blocking(move || {
+            let mut buffer = Vec::with_capacity(capacity);
+            metrics.encode_into(&mut buffer).map(|()| buffer)
+        })
+        .await
+        .map_err(|err| err.to_string())?
+        .map_err(|err| err.to_string())?;
         let bytes = Bytes::from(encoded);
         *self.latest.write().unwrap_or_else(|p| p.into_inner()) = Some((started, bytes.clone()));
         Ok(bytes)
@@ -294,9 +324,19 @@ mod tests {
         let second = encoded.current().await.unwrap();
         assert_eq!(first, second, "re-encoded within max_age");
 
+        // Past max_age the old encoding is served once more while a new one
+        // is made in the background; the next scrape gets the new one.
         tokio::time::sleep(Duration::from_millis(350)).await;
-        let third = encoded.current().await.unwrap();
-        let text = String::from_utf8(third.to_vec()).unwrap();
+        assert_eq!(encoded.current().await.unwrap(), first);
+        let mut fresh = Bytes::new();
+        for _ in 0..100 {
+            fresh = encoded.current().await.unwrap();
+            if fresh != first {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let text = String::from_utf8(fresh.to_vec()).unwrap();
         assert!(text.contains("argo_poll_cycles_total 1"), "{text}");
     }
 }
