@@ -15,6 +15,7 @@ pub mod poller;
 pub mod server;
 pub mod simulator;
 pub mod web_config;
+pub mod zone_table;
 pub mod zones;
 
 use std::future::Future;

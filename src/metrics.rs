@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::core::Collector;
-use prometheus::proto::MetricType;
 use prometheus::{
     Counter, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -14,6 +13,7 @@ use prometheus::{
 
 use crate::budget::RateLimit;
 use crate::cloudflare::{ArgoValue, Endpoint, ErrorKind};
+use crate::zone_table::{Row, ZoneTable};
 use crate::zones::Expectation;
 
 /// Request latency buckets: Cloudflare usually answers in 50-500 ms; the top
@@ -68,7 +68,7 @@ impl Metrics {
         let registry = MetricRegistry::default();
         let metrics = Self {
             api: ApiMetrics::register(&registry, budget)?,
-            zones: ZoneMetrics::register(&registry)?,
+            zones: ZoneMetrics::default(),
             poll: PollMetrics::register(&registry)?,
             alerting: AlertingMetrics::register(&registry)?,
             registry,
@@ -91,8 +91,8 @@ impl Metrics {
     }
 
     /// Encodes every metric in the text exposition format, one collector at
-    /// a time, appending to `buffer`.
-    pub fn encode_into(&self, buffer: &mut Vec<u8>) -> Result<(), prometheus::Error> {
+    /// a time, writing to `buffer` (a `Vec`, or a gzip stream).
+    pub fn encode_into<W: std::io::Write>(&self, buffer: &mut W) -> Result<(), prometheus::Error> {
         let encoder = TextEncoder::new();
         for collector in self.registry.lock().iter() {
             let families: Vec<_> = collector
@@ -102,7 +102,9 @@ impl Metrics {
                 .collect();
             encoder.encode(&families, buffer)?;
         }
-        Ok(())
+        self.zones
+            .encode_into(buffer)
+            .map_err(|err| prometheus::Error::Msg(err.to_string()))
     }
 
     /// Encodes every metric in the text exposition format.
@@ -259,148 +261,39 @@ pub struct ZoneLabels {
     pub name: String,
 }
 
-impl ZoneLabels {
-    fn values(&self) -> [&str; 2] {
-        [&self.id, &self.name]
-    }
-
-    fn pairs(&self) -> [(&str, &str); 2] {
-        [("zone_id", &self.id), ("zone_name", &self.name)]
-    }
-}
-
-/// The value of the series with these labels, if it exists. (The vectors'
-/// own `get_metric_with_label_values` would create a missing one at zero.)
-fn existing_value(collector: &dyn Collector, labels: &[(&str, &str)]) -> Option<f64> {
-    collector.collect().iter().find_map(|family| {
-        let counter = family.get_field_type() == MetricType::COUNTER;
-        family
-            .get_metric()
-            .iter()
-            .find(|metric| {
-                metric.get_label().len() == labels.len()
-                    && labels.iter().all(|(name, value)| {
-                        metric
-                            .get_label()
-                            .iter()
-                            .any(|pair| pair.name() == *name && pair.value() == *value)
-                    })
-            })
-            .map(|metric| {
-                if counter {
-                    metric.get_counter().get_value()
-                } else {
-                    metric.get_gauge().get_value()
-                }
-            })
-    })
-}
-
 /// What the last poll of each zone found.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct ZoneMetrics {
-    enabled: IntGaugeVec,
-    editable: IntGaugeVec,
-    entitled: IntGaugeVec,
-    expected: IntGaugeVec,
-    last_modified: GaugeVec,
-    poll_success: IntGaugeVec,
-    last_success: GaugeVec,
-    changes: IntCounterVec,
+    table: Arc<ZoneTable>,
 }
-
-const ZONE_LABELS: &[&str] = &["zone_id", "zone_name"];
 
 impl ZoneMetrics {
-    fn register(registry: &MetricRegistry) -> prometheus::Result<Self> {
-        let int_gauge = |name: &str, help: &str| {
-            let gauge = IntGaugeVec::new(Opts::new(name, help), ZONE_LABELS)?;
-            registry.register(gauge.clone())?;
-            Ok::<_, prometheus::Error>(gauge)
-        };
-        let gauge = |name: &str, help: &str| {
-            let gauge = GaugeVec::new(Opts::new(name, help), ZONE_LABELS)?;
-            registry.register(gauge.clone())?;
-            Ok::<_, prometheus::Error>(gauge)
-        };
-        Ok(Self {
-            enabled: int_gauge(
-                "argo_enabled",
-                "1 if Argo Smart Routing is on for the zone, 0 if off, as of the last \
-                 successful poll.",
-            )?,
-            editable: int_gauge(
-                "argo_editable",
-                "1 if the Argo Smart Routing setting can be changed through the API, as of \
-                 the last successful poll.",
-            )?,
-            entitled: int_gauge(
-                "argo_zone_entitled",
-                "1 if the zone's plan includes Argo Smart Routing, 0 if Cloudflare answered \
-                 that it does not (code 1015), as of the last poll.",
-            )?,
-            last_modified: gauge(
-                "argo_last_modified_timestamp",
-                "Unix time in seconds of the last change to Argo Smart Routing, as of the \
-                 last successful poll; absent when Cloudflare does not say.",
-            )?,
-            poll_success: int_gauge(
-                "argo_zone_poll_success",
-                "1 if the last poll of the zone succeeded, 0 if it failed.",
-            )?,
-            last_success: gauge(
-                "argo_zone_last_success_timestamp_seconds",
-                "Unix time in seconds of the last successful poll of the zone.",
-            )?,
-            expected: int_gauge(
-                "argo_expected_enabled",
-                "1 if Argo Smart Routing is expected on for the zone, 0 if expected off; \
-                 absent when either is fine.",
-            )?,
-            changes: {
-                let counter = IntCounterVec::new(
-                    Opts::new(
-                        "argo_state_changes_total",
-                        "Changes of Argo Smart Routing seen between two successful polls, by \
-                         the state changed to.",
-                    ),
-                    &["zone_id", "zone_name", "to"],
-                )?;
-                registry.register(counter.clone())?;
-                counter
-            },
-        })
+    fn update(&self, zone: &ZoneLabels, change: impl FnOnce(&mut Row)) {
+        self.table.update(&zone.id, &zone.name, change);
     }
 
     /// Exports the zone's expected state (no series for `any`).
     pub fn set_expected(&self, zone: &ZoneLabels, expect: Expectation) {
-        let labels = zone.values();
-        match expect.wanted() {
-            Some(value) => self
-                .expected
-                .with_label_values(&labels)
-                .set(i64::from(value == ArgoValue::On)),
-            None => {
-                let _ = self.expected.remove_label_values(&labels);
-            }
-        }
+        let expected = expect.wanted().map(|value| value == ArgoValue::On);
+        self.update(zone, |row| row.expected = expected);
     }
 
     /// Starts both change counters at zero, so the first change shows in `increase()`.
     pub fn start_change_counters(&self, zone: &ZoneLabels) {
-        for value in [ArgoValue::On, ArgoValue::Off] {
-            self.changes
-                .with_label_values(&[&zone.id, &zone.name, value.as_str()]);
-        }
+        self.update(zone, |row| {
+            row.changes.get_or_insert([0, 0]);
+        });
     }
 
     pub fn record_change(&self, zone: &ZoneLabels, to: ArgoValue) {
-        self.changes
-            .with_label_values(&[&zone.id, &zone.name, to.as_str()])
-            .inc();
+        self.update(zone, |row| {
+            let counts = row.changes.get_or_insert([0, 0]);
+            counts[usize::from(to == ArgoValue::Off)] += 1;
+        });
     }
 
-    /// Stores what a successful poll read.
+    /// Stores what a successful poll read; without `modified_on` that
+    /// series goes away.
     pub fn record_success(
         &self,
         zone: &ZoneLabels,
@@ -409,92 +302,51 @@ impl ZoneMetrics {
         modified_on: Option<f64>,
         now: f64,
     ) {
-        let labels = zone.values();
-        self.enabled
-            .with_label_values(&labels)
-            .set(i64::from(enabled));
-        self.editable
-            .with_label_values(&labels)
-            .set(i64::from(editable));
-        match modified_on {
-            Some(at) => self.last_modified.with_label_values(&labels).set(at),
-            None => {
-                // The series goes away while Cloudflare omits the time; an
-                // error here only means there was no series to remove.
-                let _ = self.last_modified.remove_label_values(&labels);
-            }
-        }
-        self.entitled.with_label_values(&labels).set(1);
-        self.poll_success.with_label_values(&labels).set(1);
-        self.last_success.with_label_values(&labels).set(now);
+        self.update(zone, |row| {
+            row.enabled = Some(enabled);
+            row.editable = Some(editable);
+            row.entitled = Some(true);
+            row.last_modified = modified_on;
+            row.poll_success = Some(true);
+            row.last_success = Some(now);
+        });
     }
 
     /// Stores Cloudflare's answer that the zone's plan lacks Argo (code
     /// 1015). Argo is then off in effect: a lapsed plan must look like Argo
     /// turning off, so `argo_enabled` and `argo_editable` drop to 0.
     pub fn record_not_entitled(&self, zone: &ZoneLabels, now: f64) {
-        let labels = zone.values();
-        self.entitled.with_label_values(&labels).set(0);
-        self.enabled.with_label_values(&labels).set(0);
-        self.editable.with_label_values(&labels).set(0);
-        let _ = self.last_modified.remove_label_values(&labels);
-        self.poll_success.with_label_values(&labels).set(1);
-        self.last_success.with_label_values(&labels).set(now);
+        self.update(zone, |row| {
+            row.enabled = Some(false);
+            row.editable = Some(false);
+            row.entitled = Some(false);
+            row.last_modified = None;
+            row.poll_success = Some(true);
+            row.last_success = Some(now);
+        });
     }
 
     /// Marks the last poll as failed. The last good values stay as they were.
     pub fn record_failure(&self, zone: &ZoneLabels) {
-        self.poll_success.with_label_values(&zone.values()).set(0);
+        self.update(zone, |row| row.poll_success = Some(false));
     }
 
-    /// Removes every series of the zone, e.g. before its labels change.
+    /// Removes every series of the zone.
     pub fn forget(&self, zone: &ZoneLabels) {
-        let labels = zone.values();
-        // Each removal fails harmlessly when the series was never set.
-        let _ = self.enabled.remove_label_values(&labels);
-        let _ = self.editable.remove_label_values(&labels);
-        let _ = self.entitled.remove_label_values(&labels);
-        let _ = self.last_modified.remove_label_values(&labels);
-        let _ = self.poll_success.remove_label_values(&labels);
-        let _ = self.last_success.remove_label_values(&labels);
-        let _ = self.expected.remove_label_values(&labels);
-        for value in [ArgoValue::On, ArgoValue::Off] {
-            let _ = self
-                .changes
-                .remove_label_values(&[&zone.id, &zone.name, value.as_str()]);
-        }
+        self.table.remove(&zone.id);
     }
 
     /// Moves a zone's series to new labels, keeping their values; a series
     /// the zone did not have is not created.
     pub fn relabel(&self, from: &ZoneLabels, to: &ZoneLabels) {
-        let (old, new) = (from.pairs(), to.values());
-        for vec in [
-            &self.enabled,
-            &self.editable,
-            &self.entitled,
-            &self.expected,
-            &self.poll_success,
-        ] {
-            if let Some(value) = existing_value(vec, &old) {
-                vec.with_label_values(&new).set(value as i64);
-            }
+        if from.id != to.id {
+            self.forget(from);
         }
-        for vec in [&self.last_modified, &self.last_success] {
-            if let Some(value) = existing_value(vec, &old) {
-                vec.with_label_values(&new).set(value);
-            }
-        }
-        for value in [ArgoValue::On, ArgoValue::Off] {
-            let [id, name] = old;
-            let labels = [id, name, ("to", value.as_str())];
-            if let Some(count) = existing_value(&self.changes, &labels) {
-                self.changes
-                    .with_label_values(&[&to.id, &to.name, value.as_str()])
-                    .inc_by(count as u64);
-            }
-        }
-        self.forget(from);
+        self.update(to, |_| {});
+    }
+
+    fn encode_into<W: std::io::Write>(&self, buffer: &mut W) -> std::io::Result<()> {
+        self.table.encode_into(buffer)
     }
 }
 

@@ -413,6 +413,11 @@ async fn other_endpoints_and_methods() {
     mock_zone(&api, ZONE_A, "a.example.com", "on", true).await;
     let exporter = Exporter::start(config(&api.uri(), &[ZONE_A], Duration::from_secs(60))).await;
 
+    exporter
+        .scrape_until("the first poll", |m| {
+            m.zone_value("argo_enabled", ZONE_A).is_some()
+        })
+        .await;
     let landing = exporter.get("/").await;
     assert_eq!(landing.status(), 200);
     assert!(landing.text().await.unwrap().contains("href=\"/metrics\""));
@@ -427,6 +432,20 @@ async fn other_endpoints_and_methods() {
         content_type.starts_with("text/plain; version=0.0.4"),
         "{content_type}"
     );
+
+    // Prometheus asks for gzip, and gets the same text compressed.
+    let gzipped = reqwest::Client::new()
+        .get(exporter.url("/metrics"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gzipped.headers()["content-encoding"], "gzip");
+    let body = gzipped.bytes().await.unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut text).unwrap();
+    let parsed = Metrics::parse(&text);
+    assert_eq!(parsed.zone_value("argo_enabled", ZONE_A), Some(1.0));
 
     let post = reqwest::Client::new()
         .post(exporter.url("/metrics"))

@@ -10,12 +10,14 @@
 //! Needs `npm ci` done in `dashboards/check` and the Debian package
 //! `prometheus`; `scripts/install-test-deps` (run by `scripts/test`) does both.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::{free_port, Running};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -73,25 +75,6 @@ fn dashboard_type_checks_against_grafana_schema() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-/// Kills the child process when the test ends, whether it passed or not.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A free loopback port. Another process could take it before the child
-/// binds it; on a test machine that race is rare enough to accept.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// Every panel, including those inside rows.

@@ -9,9 +9,8 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cloudflare_argo_exporter::cloudflare::ArgoValue;
@@ -27,23 +26,6 @@ const EXPECTED_OFF: &str = "00000000000000000000000000000e02";
 
 /// The rule's `for` is 1m; with scrapes, evaluations and resends on top.
 const RULE_PATIENCE: Duration = Duration::from_secs(150);
-
-/// Kills the child process when the test ends, whether it passed or not.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
 
 fn spawn(program: &str, args: &[String]) -> Running {
     let child = Command::new(program)

@@ -8,34 +8,15 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cloudflare_argo_exporter::cloudflare::ArgoValue;
 use cloudflare_argo_exporter::demo;
+use common::{free_port, Running};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_cloudflare-argo-exporter");
-
-/// Kills the child process when the test ends, whether it passed or not.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A free loopback port. Another process could take it before the child
-/// binds it; on a test machine that race is rare enough to accept.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
 
 fn require_tool(name: &str) {
     let found = Command::new(name)

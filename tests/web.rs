@@ -8,7 +8,7 @@ mod common;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -183,16 +183,6 @@ async fn healthcheck_speaks_tls() {
         .unwrap();
     assert_eq!(unhealthy.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unhealthy.stderr).contains("unhealthy"));
-}
-
-/// Kills the child process when the test ends, whether it passed or not.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn write_prometheus_config(dir: &Path, target: &str, ca: &Path) -> PathBuf {

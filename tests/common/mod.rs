@@ -313,3 +313,24 @@ pub async fn serve_simulator(simulator: &cloudflare_argo_exporter::simulator::Si
         cloudflare_argo_exporter::simulator::BASE_PATH
     )
 }
+
+/// A child process (Prometheus, Alertmanager, the binary) killed when the
+/// test ends, whether it passed or not.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free loopback port for a child process to listen on. Another process
+/// could take it before the child binds it; on a test machine that race is
+/// rare enough to accept.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
