@@ -60,10 +60,21 @@ impl AlertBoard {
         let mut alerts = self.lock();
         let changed = match (alerts.get_mut(&zone.id), firing) {
             (Some(alert), true) if alert.ends_at.is_none() => {
-                // Still firing; follow a rename.
-                let renamed = alert.labels != *zone;
-                alert.labels = zone.clone();
-                renamed
+                if alert.labels == *zone {
+                    false
+                } else {
+                    // Renamed while firing: Alertmanager knows the alert by its
+                    // labels, so the old one is resolved and a new one starts.
+                    let retired = Alert {
+                        labels: alert.labels.clone(),
+                        starts_at: alert.starts_at,
+                        ends_at: Some(Utc::now()),
+                    };
+                    alert.labels = zone.clone();
+                    let key = format!("{}\u{0}{}", retired.labels.id, retired.labels.name);
+                    alerts.insert(key, retired);
+                    true
+                }
             }
             (Some(alert), false) if alert.ends_at.is_none() => {
                 alert.ends_at = Some(Utc::now());
@@ -109,9 +120,11 @@ impl AlertBoard {
     fn sweep_resolved(&self, delivered: bool, now: DateTime<Utc>) {
         let keep = chrono::TimeDelta::from_std(KEEP_UNDELIVERED_RESOLVED)
             .unwrap_or(chrono::TimeDelta::MAX);
+        // `now` is when the payload was built: an alert resolved after that
+        // was not in it and must stay to be sent.
         self.lock().retain(|_, alert| match alert.ends_at {
             None => true,
-            Some(ended) => !delivered && now - ended < keep,
+            Some(ended) => ended > now || (!delivered && now - ended < keep),
         });
     }
 
@@ -196,15 +209,16 @@ impl Notifier {
             if alerts.is_empty() {
                 continue;
             }
-            let mut delivered_everywhere = true;
-            for alertmanager in &self.alertmanagers {
-                let delivered = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    delivered = self.deliver(alertmanager, &alerts) => delivered,
-                };
-                delivered_everywhere &= delivered;
-            }
-            self.board.sweep_resolved(delivered_everywhere, now);
+            // All at once, so one Alertmanager down does not delay the others.
+            let deliveries = self
+                .alertmanagers
+                .iter()
+                .map(|alertmanager| self.deliver(alertmanager, &alerts));
+            let delivered = tokio::select! {
+                () = shutdown.cancelled() => return,
+                delivered = futures_util::future::join_all(deliveries) => delivered,
+            };
+            self.board.sweep_resolved(delivered.iter().all(|d| *d), now);
         }
     }
 
@@ -287,6 +301,46 @@ mod tests {
         assert!(board
             .payload(Utc::now(), Duration::from_secs(60))
             .is_empty());
+    }
+
+    #[test]
+    fn a_resolution_after_the_payload_was_built_is_kept() {
+        let board = AlertBoard::default();
+        let z = zone("example.com");
+        board.set(&z, true);
+        let built = Utc::now();
+        std::thread::sleep(Duration::from_millis(5));
+        board.set(&z, false);
+        board.sweep_resolved(true, built);
+        assert_eq!(board.payload(Utc::now(), Duration::from_secs(60)).len(), 1);
+    }
+
+    #[test]
+    fn a_rename_while_firing_resolves_the_old_labels() {
+        let board = AlertBoard::default();
+        board.set(&zone(""), true);
+        board.set(&zone("example.com"), true);
+        let now = Utc::now() + chrono::TimeDelta::milliseconds(1);
+        let alerts = board.payload(now, Duration::from_secs(60));
+        assert_eq!(alerts.len(), 2);
+        let ended = |a: &Value| {
+            a["endsAt"]
+                .as_str()
+                .unwrap()
+                .parse::<DateTime<Utc>>()
+                .unwrap()
+                <= now
+        };
+        let old = alerts
+            .iter()
+            .find(|a| a["labels"]["zone_name"] == "")
+            .unwrap();
+        let new = alerts
+            .iter()
+            .find(|a| a["labels"]["zone_name"] == "example.com")
+            .unwrap();
+        assert!(ended(old));
+        assert!(!ended(new));
     }
 
     #[test]

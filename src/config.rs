@@ -288,16 +288,25 @@ impl AlertingConfig {
 }
 
 fn parse_alertmanager_url(text: &str) -> Result<Url, ConfigError> {
-    let invalid = |reason: &str| ConfigError::AlertmanagerUrl {
+    let mut url = Url::parse(text).map_err(|err| ConfigError::AlertmanagerUrl {
         url: text.to_owned(),
+        reason: err.to_string(),
+    })?;
+    // The URL is echoed in errors: never with a password in it.
+    let mut shown = url.clone();
+    let _ = shown.set_password(None);
+    let invalid = |reason: &str| ConfigError::AlertmanagerUrl {
+        url: shown.to_string(),
         reason: reason.to_owned(),
     };
-    let mut url = Url::parse(text).map_err(|err| invalid(&err.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
         return Err(invalid("it must be an http(s) URL"));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(invalid("it must be a plain base URL"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid("it must not carry a user name or password"));
     }
     if !url.path().ends_with('/') {
         let path = format!("{}/", url.path());

@@ -245,6 +245,15 @@ impl Poller {
                     if state.expect != watched.expect {
                         state.expect = watched.expect;
                         self.metrics.zones.set_expected(&state.labels, state.expect);
+                        // Judged again at once: a zone no longer expected on
+                        // must not stay alerted until its next good poll.
+                        let off = state.last_value == Some(ArgoValue::Off);
+                        if !(off && state.expect == Expectation::On) {
+                            state.off_since = None;
+                            if let Some(board) = &self.actions.alerts {
+                                board.set(&state.labels, false);
+                            }
+                        }
                     }
                     if let Some(name) = watched.name.as_ref().filter(|n| **n != state.labels.name) {
                         let renamed = ZoneLabels {

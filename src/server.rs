@@ -126,7 +126,12 @@ async fn handle<B>(state: &AppState, request: &Request<B>) -> Response<Full<Byte
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
         let security = Arc::clone(security);
-        // bcrypt takes tens of milliseconds on purpose: keep it off the async threads.
+        // bcrypt takes tens of milliseconds on purpose: keep it off the async
+        // threads, and run only as many checks at once as there are cores, so
+        // made-up credentials cannot starve polling.
+        let Ok(_permit) = bcrypt_permits().acquire().await else {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "busy\n");
+        };
         let allowed = tokio::task::spawn_blocking(move || security.authorize(header.as_deref()))
             .await
             .unwrap_or(false);
@@ -172,14 +177,37 @@ fn route<B>(state: &AppState, request: &Request<B>) -> Response<Full<Bytes>> {
     }
 }
 
-/// Whether an `Accept-Encoding` value allows gzip (and does not refuse it with q=0).
-fn accepts_gzip(value: &str) -> bool {
-    value.split(',').any(|coding| {
-        let mut parts = coding.split(';').map(str::trim);
-        let name = parts.next().unwrap_or_default();
-        let refused = parts.any(|p| p.replace(' ', "") == "q=0" || p.replace(' ', "") == "q=0.0");
-        (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+/// The basic-auth checks allowed to run at once.
+fn bcrypt_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        tokio::sync::Semaphore::new(cores)
     })
+}
+
+/// Whether an `Accept-Encoding` value allows gzip: an explicit `gzip` entry
+/// decides, else `*`; a weight of 0 refuses.
+fn accepts_gzip(value: &str) -> bool {
+    let weight_of = |wanted: &str| {
+        value.split(',').find_map(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            if !name.eq_ignore_ascii_case(wanted) {
+                return None;
+            }
+            let q = parts
+                .find_map(|p| {
+                    p.strip_prefix("q=")
+                        .and_then(|q| q.trim().parse::<f32>().ok())
+                })
+                .unwrap_or(1.0);
+            Some(q)
+        })
+    };
+    weight_of("gzip")
+        .or_else(|| weight_of("*"))
+        .is_some_and(|q| q > 0.0)
 }
 
 async fn metrics(state: &AppState, gzip: bool) -> Response<Full<Bytes>> {
@@ -421,6 +449,9 @@ mod tests {
         assert!(accepts_gzip("*"));
         assert!(!accepts_gzip("identity"));
         assert!(!accepts_gzip("gzip;q=0"));
+        assert!(!accepts_gzip("gzip;q=0.000"));
+        assert!(!accepts_gzip("*;q=0.5, gzip;q=0"));
+        assert!(accepts_gzip("gzip;q=0.1, *;q=0"));
         assert!(!accepts_gzip("br"));
     }
 }

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use rustls_pki_types::pem::PemObject;
@@ -61,6 +61,9 @@ pub struct WebSecurity {
     tls: Option<TlsAcceptor>,
     /// User name to bcrypt hash.
     users: BTreeMap<String, String>,
+    /// Checked for unknown users, at the cost of the real hashes, so timing
+    /// does not tell which user names exist.
+    unknown_user_hash: String,
     verified: Mutex<HashMap<String, String>>,
 }
 
@@ -102,9 +105,22 @@ impl WebSecurity {
             .map(|tls| tls_acceptor(&tls, base))
             .transpose()
             .map_err(error)?;
+        let cost = raw
+            .basic_auth_users
+            .values()
+            .filter_map(|hash| hash.parse::<bcrypt::HashParts>().ok())
+            .map(|parts| parts.get_cost())
+            .max()
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        let unknown_user_hash = if raw.basic_auth_users.is_empty() {
+            String::new()
+        } else {
+            bcrypt::hash("no such user", cost).map_err(|err| error(err.to_string()))?
+        };
         Ok(Self {
             tls,
             users: raw.basic_auth_users,
+            unknown_user_hash,
             verified: Mutex::new(HashMap::new()),
         })
     }
@@ -132,19 +148,14 @@ impl WebSecurity {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&user)
-            .is_some_and(|known| *known == password);
+            .is_some_and(|known| same_bytes(known.as_bytes(), password.as_bytes()));
         if cached {
             return true;
         }
-        // An unknown user costs a bcrypt check too, so timing does not tell
-        // which user names exist.
-        static UNKNOWN_USER_HASH: OnceLock<String> = OnceLock::new();
-        let hash = match self.users.get(&user) {
-            Some(hash) => hash.as_str(),
-            None => UNKNOWN_USER_HASH.get_or_init(|| {
-                bcrypt::hash("no such user", bcrypt::DEFAULT_COST).unwrap_or_default()
-            }),
-        };
+        let hash = self
+            .users
+            .get(&user)
+            .map_or(self.unknown_user_hash.as_str(), String::as_str);
         let valid =
             bcrypt::verify(&password, hash).unwrap_or(false) && self.users.contains_key(&user);
         if valid {
@@ -156,6 +167,12 @@ impl WebSecurity {
         }
         valid
     }
+}
+
+/// Compares without stopping at the first difference, so the time taken does
+/// not tell how much of a guess was right.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 /// `Basic base64(user:password)` to its parts.

@@ -234,6 +234,8 @@ pub struct ZoneTracker {
     resolved: BTreeMap<String, Zone>,
     /// The last successful discovery, kept while the API is failing.
     discovered: Vec<Zone>,
+    /// Whether a round has been published yet.
+    published_once: bool,
     sender: watch::Sender<ZoneSet>,
 }
 
@@ -249,6 +251,7 @@ impl ZoneTracker {
             shard: sources.shard,
             resolved: BTreeMap::new(),
             discovered: Vec::new(),
+            published_once: false,
             sender: watch::channel(ZoneSet::default()).0,
         };
         let (sender, receiver) = watch::channel(tracker.current());
@@ -334,13 +337,19 @@ impl ZoneTracker {
         }
 
         let current = self.current();
-        self.sender.send_if_modified(|published| {
-            let changed = **published != *current;
-            if changed {
-                *published = current;
-            }
-            changed
-        });
+        if self.published_once {
+            self.sender.send_if_modified(|published| {
+                let changed = **published != *current;
+                if changed {
+                    *published = current;
+                }
+                changed
+            });
+        } else {
+            // The poller waits for this first round, changed or not.
+            self.sender.send_replace(current);
+            self.published_once = true;
+        }
         complete
     }
 

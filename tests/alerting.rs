@@ -302,11 +302,16 @@ async fn enforce_turns_argo_back_on_after_the_grace() {
 
     // Not before the grace: the PATCH came at least 500 ms after the change.
     let log = simulator.request_log();
-    let patched: Vec<_> = log
+    let patches: Vec<_> = log
         .iter()
-        .filter(|(at, p)| p.ends_with("/smart_routing") && *at > turned_off)
+        .filter(|(_, request)| request.starts_with("PATCH ") && request.ends_with("/smart_routing"))
         .collect();
-    assert!(!patched.is_empty());
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    let waited = patches[0].0 - turned_off;
+    assert!(
+        waited >= Duration::from_millis(500),
+        "patched after {waited:?}"
+    );
     let warned = log_lines_with("--enforce turned Argo Smart Routing back on");
     assert!(
         warned

@@ -126,11 +126,11 @@ async fn a_failed_listing_keeps_the_zones_found_before() {
     // Every request is now refused; the zones stay (with failing polls).
     let simulator = simulator.require_token("another-token");
     let m = exporter
-        .scrape_until("polls to fail", |m| {
-            m.zone_value("argo_zone_poll_success", &numbered_id(1)) == Some(0.0)
+        .scrape_until("a refused listing and failing polls", |m| {
+            m.errors("zones", "auth") >= 1.0
+                && m.zone_value("argo_zone_poll_success", &numbered_id(1)) == Some(0.0)
         })
         .await;
-    assert!(m.errors("zones", "auth") >= 1.0 || m.errors("smart_routing", "auth") >= 1.0);
     assert_eq!(
         m.value("argo_zones", &[("source", "discovered")]),
         Some(3.0)
@@ -240,5 +240,29 @@ async fn a_zone_without_argo_in_its_plan_reads_as_off_and_is_asked_rarely() {
     assert_eq!(asked().await, 2);
     after_cycles(13.0).await;
     assert_eq!(asked().await, 3);
+    exporter.stop().await;
+}
+
+#[tokio::test]
+async fn an_unresolvable_name_does_not_stop_the_other_zones() {
+    let simulator = Simulator::numbered(10);
+    let url = serve_simulator(&simulator).await;
+    let mut config = config(&url, &[], Duration::from_millis(200));
+    config.zones.configured = vec![
+        ZoneRef::Id(zone(&numbered_id(6))).into(),
+        ZoneRef::Name("typo.example.com".to_owned()).into(),
+    ];
+    let exporter = Exporter::start(config).await;
+    exporter
+        .scrape_until("the zone given by ID", |m| {
+            m.zone_value("argo_enabled", &numbered_id(6)) == Some(1.0)
+        })
+        .await;
+    assert_eq!(exporter.get("/readyz").await.status(), 200);
+    let warned = log_lines_with("typo.example.com");
+    assert!(
+        warned.iter().any(|l| l.contains("level=warn")),
+        "{warned:#?}"
+    );
     exporter.stop().await;
 }
