@@ -487,6 +487,12 @@ fn static_p99_note(rows: &[Row], text: &mut String) -> std::fmt::Result {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs benchmarks too, without `--bench`: a
+    // measurement there would take minutes, need wrk, and overwrite the results.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        println!("benches/harness.rs is a benchmark: run `cargo bench --bench harness`");
+        return;
+    }
     let options = options();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let mut rows = Vec::new();

@@ -432,6 +432,7 @@ fn argo_json(zone: &SimZone) -> Value {
     })
 }
 
+/// A zone object with every field the API definition requires.
 fn zone_json(zone: &SimZone) -> Value {
     json!({
         "id": zone.id,
@@ -441,9 +442,35 @@ fn zone_json(zone: &SimZone) -> Value {
         "type": "full",
         "development_mode": 0,
         "name_servers": ["ada.ns.cloudflare.com", "bob.ns.cloudflare.com"],
+        "original_name_servers": null,
+        "original_registrar": null,
+        "original_dnshost": null,
         "account": { "id": ACCOUNT_ID, "name": "Simulated account" },
+        "owner": { "id": ACCOUNT_ID, "name": "Simulated account", "type": "organization" },
+        "meta": {
+            "cdn_only": false,
+            "custom_certificate_quota": 0,
+            "dns_only": false,
+            "foundation_dns": false,
+            "page_rule_quota": 3,
+            "phishing_detected": false,
+            "step": 2,
+        },
+        "plan": {
+            "id": "0feeeeeeeeeeeeeeeeeeeeeeeeeeeeee",
+            "name": "Free Website",
+            "price": 0,
+            "currency": "USD",
+            "frequency": "",
+            "is_subscribed": true,
+            "can_subscribe": false,
+            "legacy_id": "free",
+            "legacy_discount": false,
+            "externally_managed": false,
+        },
         "created_on": "2024-01-01T00:00:00.000000Z",
         "modified_on": "2024-01-01T00:00:00.000000Z",
+        "activated_on": "2024-01-01T00:00:00.000000Z",
     })
 }
 

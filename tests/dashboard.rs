@@ -17,11 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, Running};
+use common::{free_port, start_demo, Running};
 use serde_json::Value;
 use tokio::time::Instant;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_cloudflare-argo-exporter");
 
 /// The job name the README's Prometheus configuration uses.
 const JOB: &str = "cloudflare-argo";
@@ -193,17 +191,6 @@ fn substitute(expr: &str, job: &str, zone: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-fn start_demo(port: u16) -> Running {
-    let child = Command::new(BINARY)
-        .args(["demo", "--poll.interval", "1s", "--log.level", "warn"])
-        .args(["--web.listen-address", &format!("127.0.0.1:{port}")])
-        .env_clear()
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the demo starts");
-    Running(child)
 }
 
 fn start_prometheus(dir: &Path, exporter_port: u16) -> (Running, String) {

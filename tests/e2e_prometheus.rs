@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use cloudflare_argo_exporter::cloudflare::ArgoValue;
 use cloudflare_argo_exporter::demo;
-use common::{free_port, Running};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_cloudflare-argo-exporter");
+use common::{free_port, start_demo, Running};
 
 fn require_tool(name: &str) {
     let found = Command::new(name)
@@ -29,17 +27,6 @@ fn require_tool(name: &str) {
         found,
         "`{name}` is not installed: run scripts/test, or apt-get install prometheus"
     );
-}
-
-fn start_demo(port: u16) -> Running {
-    let child = Command::new(BINARY)
-        .args(["demo", "--poll.interval", "1s", "--log.level", "warn"])
-        .args(["--web.listen-address", &format!("127.0.0.1:{port}")])
-        .env_clear()
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("demo starts");
-    Running(child)
 }
 
 async fn get_text(url: &str) -> Option<String> {

@@ -334,3 +334,15 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free loopback port")
 }
+
+/// The built binary's `demo` on `127.0.0.1:port`, polling every second.
+pub fn start_demo(port: u16) -> Running {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_cloudflare-argo-exporter"))
+        .args(["demo", "--poll.interval", "1s", "--log.level", "warn"])
+        .args(["--web.listen-address", &format!("127.0.0.1:{port}")])
+        .env_clear()
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the demo starts");
+    Running(child)
+}
