@@ -4,9 +4,9 @@
 //!
 //! Requests are spaced evenly, one every `duration / count`. Because a
 //! request can start late (a busy machine) and the next one on time, the
-//! start times of the last `count` requests are also kept, and a request
-//! waits until the oldest of them is a window (plus a 2% margin for
-//! latency between here and Cloudflare) old. So no window ever holds more
+//! start times of the requests in the current window are also kept, and a
+//! request waits while `count` of them are less than a window (plus a 2%
+//! margin for latency between here and Cloudflare) old. So no window holds more
 //! than `count` requests. A 429 pauses every request until its
 //! `Retry-After` has passed, and Cloudflare's `Ratelimit` header slows
 //! requests down before the allowance runs out. It runs on tokio's clock,
@@ -64,6 +64,9 @@ impl FromStr for RateLimit {
             .ok()
             .filter(|&count| count > 0)
             .ok_or_else(|| format!("{count:?} is not a whole number above zero"))?;
+        if count > MAX_COUNT {
+            return Err(format!("the count must be at most {MAX_COUNT}"));
+        }
         let duration = humantime::parse_duration(duration.trim())
             .map_err(|err| format!("{duration:?} is not a duration: {err}"))?;
         if duration.is_zero() {
@@ -87,6 +90,11 @@ impl fmt::Display for RateLimit {
     }
 }
 
+/// The largest budget accepted. The limiter remembers the start of every
+/// request in the current window (16 bytes each), so this bounds its memory;
+/// it is far above any Cloudflare allowance.
+const MAX_COUNT: u32 = 1_000_000;
+
 /// The longest pause any header can impose. Cloudflare blocks for at most
 /// five minutes; a larger value is a bug on the way, not a reason to stop.
 const MAX_PAUSE: Duration = Duration::from_secs(15 * 60);
@@ -94,10 +102,6 @@ const MAX_PAUSE: Duration = Duration::from_secs(15 * 60);
 /// The window is enforced this much longer than configured, so that network
 /// latency cannot fit one request too many into Cloudflare's own count.
 const WINDOW_MARGIN: f64 = 0.02;
-
-/// When `Ratelimit` says fewer than this share of the window's quota is left,
-/// the remaining requests are spread over the rest of the window.
-const LOW_REMAINING_SHARE: f64 = 0.1;
 
 /// The shared limiter. Cheap to lock: no lock is held across an await.
 pub struct Budget {
@@ -112,7 +116,7 @@ struct State {
     paused_until: Option<Instant>,
     /// A wider spacing in force until the given time (a low `Ratelimit`).
     slowed: Option<(Duration, Instant)>,
-    /// When the last `count` requests started, oldest first.
+    /// When the requests of the current window started, oldest first.
     recent: VecDeque<Instant>,
 }
 
@@ -157,13 +161,15 @@ impl Budget {
         if let Some(until) = state.paused_until.filter(|&until| until > now) {
             return Err(until);
         }
+        // Starts that have left the window no longer count, and are dropped
+        // so that memory follows the requests actually made, not the count.
         let window = self.limit.window();
+        while state.recent.front().is_some_and(|&at| at + window <= now) {
+            state.recent.pop_front();
+        }
         if state.recent.len() >= self.limit.count as usize {
             let oldest = state.recent.front().copied().unwrap_or(now);
-            if oldest + window > now {
-                return Err(oldest + window);
-            }
-            state.recent.pop_front();
+            return Err(oldest + window);
         }
         state.recent.push_back(now);
         Ok(())
@@ -178,11 +184,14 @@ impl Budget {
         }
     }
 
-    /// Reads Cloudflare's `Ratelimit` header (`"default";r=50;t=30`): with
-    /// nothing left, pauses until the window resets; with little left,
-    /// spreads what is left over the rest of the window.
+    /// Reads Cloudflare's `Ratelimit` header (`"default";r=50;t=30`: 50
+    /// requests left until the window resets in 30 s). With nothing left,
+    /// pauses until the reset; when what is left would run out before the
+    /// reset at the budget's pace, spreads it over the rest of the window.
+    /// `Ratelimit-Policy` (`"default";q=1200;w=300`) gives the window of an
+    /// item that names no reset.
     pub fn observe_ratelimit_header(&self, value: &str, policy: Option<&str>) {
-        let Some((remaining, reset)) = parse_ratelimit(value) else {
+        let Some((remaining, reset)) = parse_ratelimit(value, policy) else {
             return;
         };
         let reset = reset.min(MAX_PAUSE);
@@ -190,14 +199,9 @@ impl Budget {
             self.pause_for(reset);
             return;
         }
-        let quota = policy
-            .and_then(parse_policy_quota)
-            .unwrap_or(self.limit.count);
-        if f64::from(remaining) < f64::from(quota) * LOW_REMAINING_SHARE {
-            let spacing = reset / remaining;
-            if spacing > self.limit.period() {
-                self.lock().slowed = Some((spacing, Instant::now() + reset));
-            }
+        let spacing = reset / remaining;
+        if spacing > self.limit.period() {
+            self.lock().slowed = Some((spacing, Instant::now() + reset));
         }
     }
 
@@ -231,24 +235,32 @@ impl Budget {
     }
 }
 
-/// `"default";r=50;t=30` to (50, 30 s), taking the smallest `r` of the items.
-fn parse_ratelimit(value: &str) -> Option<(u32, Duration)> {
+/// `"default";r=50;t=30` to (50, 30 s): of all the items, the one that
+/// allows the fewest requests per second from now on. An item without `t`
+/// takes the window `w` of the policy of the same name.
+fn parse_ratelimit(value: &str, policy: Option<&str>) -> Option<(u32, Duration)> {
     value
         .split(',')
         .filter_map(|item| {
-            let remaining = parameter(item, "r")?;
-            let reset = parameter(item, "t")?;
-            Some((u32::try_from(remaining).ok()?, Duration::from_secs(reset)))
+            let remaining = u32::try_from(parameter(item, "r")?).ok()?;
+            let reset = parameter(item, "t").or_else(|| {
+                let name = item_name(item);
+                policy?
+                    .split(',')
+                    .find(|policy_item| item_name(policy_item) == name)
+                    .and_then(|policy_item| parameter(policy_item, "w"))
+            })?;
+            Some((remaining, Duration::from_secs(reset)))
         })
-        .min_by_key(|(remaining, _)| *remaining)
+        .min_by(|(r1, t1), (r2, t2)| {
+            // r1 / t1 against r2 / t2, without dividing by a zero reset.
+            (u128::from(*r1) * t2.as_millis()).cmp(&(u128::from(*r2) * t1.as_millis()))
+        })
 }
 
-/// `"burst";q=100;w=60` to 100.
-fn parse_policy_quota(value: &str) -> Option<u32> {
-    value
-        .split(',')
-        .filter_map(|item| u32::try_from(parameter(item, "q")?).ok())
-        .min()
+/// The name that starts a list item: `"default"` of `"default";r=50;t=30`.
+fn item_name(item: &str) -> &str {
+    item.split(';').next().unwrap_or_default().trim()
 }
 
 fn parameter(item: &str, name: &str) -> Option<u64> {
@@ -273,7 +285,15 @@ mod tests {
             "50/1s".parse::<RateLimit>().unwrap().period(),
             Duration::from_micros(20_400)
         );
-        for bad in ["1000", "0/5m", "-1/5m", "10/0s", "ten/5m", "10/soon"] {
+        for bad in [
+            "1000",
+            "0/5m",
+            "-1/5m",
+            "10/0s",
+            "ten/5m",
+            "10/soon",
+            "1000001/1s",
+        ] {
             assert!(bad.parse::<RateLimit>().is_err(), "{bad}");
         }
     }
@@ -338,7 +358,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ratelimit_header_with_little_left_spreads_the_rest() {
         let budget = Budget::new("1000/5m".parse().unwrap());
-        // 5 left of 100 for the next 10 s: one request every 2 s.
+        // 5 left for the next 10 s: one request every 2 s.
         budget.observe_ratelimit_header("\"default\";r=5;t=10", Some("\"burst\";q=100;w=60"));
         budget.acquire().await;
         let waited = budget.acquire().await;
@@ -346,10 +366,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn plenty_left_changes_nothing() {
-        let budget = Budget::new("10/1s".parse().unwrap());
+    async fn ratelimit_too_low_for_the_budgets_pace_slows_down_early() {
+        // Regression: only a remainder under a tenth of the quota used to
+        // slow requests down, so 200 left of 1200 for 120 s (one per 600 ms)
+        // went out every 306 ms and ran into a 429.
+        let budget = Budget::new("1000/5m".parse().unwrap());
         budget
-            .observe_ratelimit_header("\"default\";r=900;t=200", Some("\"default\";q=1200;w=300"));
+            .observe_ratelimit_header("\"default\";r=200;t=120", Some("\"default\";q=1200;w=300"));
+        budget.acquire().await;
+        assert_eq!(budget.acquire().await, Duration::from_millis(600));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ratelimit_without_reset_takes_the_policy_window() {
+        let budget = Budget::new("1000/5m".parse().unwrap());
+        budget.observe_ratelimit_header(
+            "\"default\";r=0",
+            Some("\"burst\";q=100;w=60, \"default\";q=1200;w=300"),
+        );
+        assert_eq!(budget.acquire().await, Duration::from_secs(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn plenty_left_changes_nothing() {
+        // 900 left for 60 s allows 15 a second, more than the budget's 10.
+        let budget = Budget::new("10/1s".parse().unwrap());
+        budget.observe_ratelimit_header("\"default\";r=900;t=60", Some("\"default\";q=1200;w=300"));
         budget.acquire().await;
         assert_eq!(budget.acquire().await, Duration::from_millis(102));
     }
@@ -366,15 +408,19 @@ mod tests {
     #[test]
     fn header_parsing_tolerates_noise() {
         assert_eq!(
-            parse_ratelimit("\"default\";r=50;t=30"),
+            parse_ratelimit("\"default\";r=50;t=30", None),
             Some((50, Duration::from_secs(30)))
         );
+        // 9 in 5 s is a faster pace than 30 in 60 s: the slower one wins.
         assert_eq!(
-            parse_ratelimit("\"a\";r=9;t=5, \"b\";r=3;t=60"),
-            Some((3, Duration::from_secs(60)))
+            parse_ratelimit("\"a\";r=9;t=5, \"b\";r=30;t=60", None),
+            Some((30, Duration::from_secs(60)))
         );
-        assert_eq!(parse_ratelimit("garbage"), None);
-        assert_eq!(parse_ratelimit("\"default\";r=-1;t=30"), None);
-        assert_eq!(parse_policy_quota("\"burst\";q=100;w=60"), Some(100));
+        assert_eq!(parse_ratelimit("garbage", None), None);
+        assert_eq!(parse_ratelimit("\"default\";r=-1;t=30", None), None);
+        assert_eq!(
+            parse_ratelimit("\"default\";r=5", Some("\"other\";q=9;w=60")),
+            None
+        );
     }
 }
