@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use cloudflare_argo_exporter::config::Config;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wiremock::matchers::{method, path};
@@ -94,9 +95,22 @@ async fn assert_survives(exporter: &Exporter, zone: &str, kind: &str, reason: &s
 }
 
 async fn check(test: u32, bad: ResponseTemplate, kind: &str, reason: &str) {
+    check_with(test, bad, kind, reason, |_| {}).await;
+}
+
+/// [`check`] with the test configuration changed first.
+async fn check_with(
+    test: u32,
+    bad: ResponseTemplate,
+    kind: &str,
+    reason: &str,
+    change: impl FnOnce(&mut Config),
+) {
     let zone = zone_for(test);
     let api = api_turning_bad(&zone, bad).await;
-    let exporter = Exporter::start(config(&api.uri(), &[&zone], Duration::from_millis(100))).await;
+    let mut config = config(&api.uri(), &[&zone], Duration::from_millis(100));
+    change(&mut config);
+    let exporter = Exporter::start(config).await;
     assert_survives(&exporter, &zone, kind, reason).await;
     exporter.stop().await;
 }
@@ -198,9 +212,20 @@ async fn body_over_one_mebibyte() {
 
 #[tokio::test]
 async fn answer_slower_than_the_timeout() {
-    // The test configuration's timeout is 2 s.
+    // A short timeout, so that three attempts a poll leave the test's
+    // patience room for the cycles it waits out.
     let bad = good_answer().set_delay(Duration::from_secs(5));
-    check(11, bad, "timeout", "no answer within 2s").await;
+    check_with(11, bad, "timeout", "no answer within 500ms", |config| {
+        config.api.timeout = Duration::from_millis(500);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_5xx_page_is_a_5xx_and_retried() {
+    let page = format!("<html><body>{}</body></html>", "x".repeat(2 * 1024 * 1024));
+    let bad = ResponseTemplate::new(503).set_body_raw(page, "text/html");
+    check(16, bad, "http_5xx", "HTTP 503").await;
 }
 
 #[tokio::test]

@@ -43,8 +43,8 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// The policy of Cloudflare's own SDKs: two retries, backing off from
-    /// half a second up to eight.
+    /// The baseline of Cloudflare's own SDKs: two retries, backing off from
+    /// half a second, doubling, up to eight.
     fn default() -> Self {
         Self {
             max_retries: 2,
@@ -55,16 +55,16 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The wait before retry number `retry` (from 0): doubling from the first
-    /// backoff, capped, and drawn at random from its upper half so clients
-    /// that failed together do not retry together.
+    /// The wait before retry number `retry` (from 0): the first backoff
+    /// doubled `retry` times, plus up to a quarter more at random so clients
+    /// that failed together do not retry together, and never over the cap.
     pub fn backoff(&self, retry: u32) -> Duration {
-        let full = self
+        let base = self
             .first_backoff
             .saturating_mul(2u32.saturating_pow(retry))
             .min(self.max_backoff);
-        let half = full / 2;
-        half + half.mul_f64(rand::rng().random::<f64>())
+        let jitter = base.mul_f64(0.25 * rand::rng().random::<f64>());
+        (base + jitter).min(self.max_backoff)
     }
 }
 
@@ -350,9 +350,20 @@ impl Client {
             .and_then(|value| wire::parse_retry_after(&value, chrono::Utc::now()));
         let ratelimit = header("ratelimit");
         let ratelimit_policy = header("ratelimit-policy");
-        let too_large = || ApiError::Decode {
-            status,
-            reason: format!("body larger than {MAX_BODY_BYTES} bytes"),
+        // An oversized error page still says what its status says: a 5xx or
+        // 429 is retried (and a 429 pauses) as if its body had been small.
+        let too_large = || {
+            if (200..300).contains(&status) {
+                ApiError::Decode {
+                    status,
+                    reason: format!("body larger than {MAX_BODY_BYTES} bytes"),
+                }
+            } else {
+                ApiError::Status {
+                    status,
+                    retry_after,
+                }
+            }
         };
         if response
             .content_length()
@@ -437,4 +448,25 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_first_with_up_to_a_quarter_of_jitter() {
+        let policy = RetryPolicy::default();
+        for _ in 0..200 {
+            let first = policy.backoff(0);
+            assert!(first >= Duration::from_millis(500), "{first:?}");
+            assert!(first <= Duration::from_millis(625), "{first:?}");
+            let second = policy.backoff(1);
+            assert!(second >= Duration::from_secs(1), "{second:?}");
+            assert!(second <= Duration::from_millis(1250), "{second:?}");
+            // Capped at the maximum, jitter included.
+            assert_eq!(policy.backoff(5), Duration::from_secs(8));
+            assert_eq!(policy.backoff(u32::MAX), Duration::from_secs(8));
+        }
+    }
 }
