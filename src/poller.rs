@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use chrono::{DateTime, Utc};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -18,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::alerting::AlertBoard;
-use crate::cloudflare::{ArgoValue, Client, Endpoint, ErrorKind};
+use crate::cloudflare::{
+    codes, ApiError, ArgoValue, Client, Endpoint, ErrorKind, SmartRouting, Zone,
+};
 use crate::config::{PollConfig, ZoneId};
 use crate::metrics::{Metrics, ZoneLabels};
 use crate::zones::{Expectation, Source, WatchedZone, ZoneSet};
@@ -97,19 +100,31 @@ struct NameLookup {
     failures: u32,
 }
 
-/// How one zone's poll went.
-enum Outcome {
-    Polled,
-    Skipped,
-    Failed { kind: ErrorKind, code: Option<i64> },
+/// What one zone's poll tells its cycle: the failures that are logged once
+/// per cycle for all zones rather than once per zone.
+#[derive(Default)]
+struct Outcome {
+    /// The Argo read was refused for the credentials, with Cloudflare's code.
+    argo_refused: Option<Option<i64>>,
+    /// The name lookup failed for the first time (later failures are quiet).
+    name_failed: Option<NameFailure>,
+}
+
+struct NameFailure {
+    kind: ErrorKind,
+    code: Option<i64>,
+    retry_in: Duration,
 }
 
 /// What a cycle found, for the lines logged once per cycle.
 #[derive(Default)]
 struct CycleReport {
     zones: usize,
-    auth_failures: usize,
-    auth_code: Option<i64>,
+    argo_refused: usize,
+    argo_refused_code: Option<i64>,
+    names_failed: usize,
+    /// The first new name lookup failure, as the example for the log line.
+    name_failure: Option<NameFailure>,
 }
 
 /// How long a cycle lasts and how far apart its polls start.
@@ -206,7 +221,7 @@ impl Poller {
             poll.cycles.inc();
             poll.cycle_duration.observe(took.as_secs_f64());
             poll.last_cycle_end.set(unix_now());
-            report.log_auth_failures();
+            report.log();
             if !readiness.is_ready() {
                 info!(zones = report.zones, took = ?took, "first poll cycle finished");
                 readiness.set_ready();
@@ -384,27 +399,58 @@ fn round_to_millis(duration: Duration) -> Duration {
 
 impl CycleReport {
     fn add(&mut self, outcome: Outcome) {
-        if let Outcome::Failed {
-            kind: ErrorKind::Auth,
-            code,
-        } = outcome
-        {
-            self.auth_failures += 1;
-            self.auth_code = self.auth_code.or(code);
+        if let Some(code) = outcome.argo_refused {
+            self.argo_refused += 1;
+            self.argo_refused_code = self.argo_refused_code.or(code);
+        }
+        if let Some(failure) = outcome.name_failed {
+            self.names_failed += 1;
+            self.name_failure.get_or_insert(failure);
         }
     }
 
-    /// One line per cycle for credential problems, however many zones had them.
-    fn log_auth_failures(&self) {
-        if self.auth_failures > 0 {
+    /// One line per cycle for credential problems and for zone names that
+    /// could not be found, however many zones had them.
+    fn log(&self) {
+        if self.argo_refused > 0 {
             warn!(
-                failed = self.auth_failures,
+                failed = self.argo_refused,
                 zones = self.zones,
-                cloudflare_code = self.auth_code,
-                "Cloudflare refused the credentials; the API token needs the \
-                 \"Zone Settings Read\" permission on every watched zone"
+                cloudflare_code = self.argo_refused_code,
+                "Cloudflare refused the credentials for Argo Smart Routing; {}",
+                auth_hint(self.argo_refused_code, "Zone Settings Read")
             );
         }
+        if let Some(failure) = &self.name_failure {
+            let hint = if failure.kind == ErrorKind::Auth {
+                auth_hint(failure.code, "Zone Read")
+            } else {
+                "retrying later".to_owned()
+            };
+            warn!(
+                zones = self.names_failed,
+                kind = %failure.kind,
+                cloudflare_code = failure.code,
+                retry_in = %humantime::format_duration(failure.retry_in),
+                "cannot look up zone names (GET /zones/{{id}}); exporting without them for now: {hint}"
+            );
+        }
+    }
+}
+
+/// What to do about refused credentials, from Cloudflare's code.
+fn auth_hint(code: Option<i64>, permission: &str) -> String {
+    match code {
+        Some(codes::INVALID_ACCESS_TOKEN) => {
+            "the API token is invalid: check it was copied whole and has not been rolled".into()
+        }
+        Some(codes::INVALID_REQUEST_HEADERS) => {
+            "the credentials are malformed: check the token, or the email and API key".into()
+        }
+        _ => format!(
+            "the credentials lack a permission: an API token needs \"{permission}\" on every \
+             watched zone"
+        ),
     }
 }
 
@@ -416,69 +462,54 @@ struct PollContext<'a> {
     actions: &'a Actions,
 }
 
+/// Polls one zone: reads its Argo setting (and, when due, looks up its name
+/// at the same time, so a slow lookup does not hold the read back), records
+/// what came back and acts on it.
 async fn poll_zone(context: &PollContext<'_>, zone: &mut ZoneState) -> Outcome {
-    let PollContext {
-        client, metrics, ..
-    } = *context;
+    let client = context.client;
+    let mut outcome = Outcome::default();
     if zone.skip_cycles > 0 {
         zone.skip_cycles -= 1;
-        return Outcome::Skipped;
+        return outcome;
     }
-    if zone
+
+    let name_due = zone
         .name_lookup
         .due
-        .is_some_and(|due| due <= Instant::now())
-    {
-        look_up_name(client, metrics, context.interval, zone).await;
+        .is_some_and(|due| due <= Instant::now());
+    let (found, read) = if name_due {
+        let (found, read) = tokio::join!(client.zone(&zone.id), client.smart_routing(&zone.id));
+        (Some(found), read)
+    } else {
+        (None, client.smart_routing(&zone.id).await)
+    };
+    if let Some(found) = found {
+        outcome.name_failed = record_name(context, zone, found);
     }
 
-    let setting = match client.smart_routing(&zone.id).await {
-        Ok(setting) => setting,
+    match read {
+        Ok(setting) => record_setting(context, zone, &setting).await,
         Err(err) if err.kind() == ErrorKind::NotEntitled => {
-            metrics.zones.record_not_entitled(&zone.labels, unix_now());
-            if zone.last_error != Some(ErrorKind::NotEntitled) {
-                info!(
-                    zone_name = %zone.labels.name,
-                    cloudflare_code = err.cloudflare_code(),
-                    "the zone's plan does not include Argo Smart Routing; asking again every \
-                     {NOT_ENTITLED_RECHECK_CYCLES} cycles"
-                );
-            }
-            zone.last_error = Some(ErrorKind::NotEntitled);
-            zone.skip_cycles = NOT_ENTITLED_RECHECK_CYCLES - 1;
-            // A lapsed plan is Argo turning off, and is judged as such.
-            observe_value(context, zone, ArgoValue::Off, None);
-            return Outcome::Polled;
+            record_not_entitled(context, zone, &err)
         }
         Err(err) => {
-            metrics.zones.record_failure(&zone.labels);
             let kind = err.kind();
+            record_failure(context, zone, &err);
             if kind == ErrorKind::Auth {
-                // Logged once per cycle for all zones: see CycleReport.
-                debug!(kind = %kind, error = %err, "poll refused");
-            } else if zone.last_error != Some(kind) {
-                warn!(
-                    zone_name = %zone.labels.name,
-                    kind = %kind,
-                    cloudflare_code = err.cloudflare_code(),
-                    error = %err,
-                    "poll failed; serving the last good values"
-                );
-            } else {
-                debug!(kind = %kind, error = %err, "poll failed again");
+                outcome.argo_refused = Some(err.cloudflare_code());
             }
-            zone.last_error = Some(kind);
-            return Outcome::Failed {
-                kind,
-                code: err.cloudflare_code(),
-            };
         }
-    };
+    }
+    outcome
+}
 
+/// A successful read: exports it, judges it, and with `--enforce` acts on it.
+async fn record_setting(context: &PollContext<'_>, zone: &mut ZoneState, setting: &SmartRouting) {
+    let metrics = context.metrics;
     let modified_on = match setting.modified_at() {
         Ok(at) => {
             zone.bad_modified_on = false;
-            at.map(|at| at.timestamp_micros() as f64 / 1e6)
+            at.map(unix_seconds)
         }
         Err(err) => {
             metrics
@@ -511,7 +542,48 @@ async fn poll_zone(context: &PollContext<'_>, zone: &mut ZoneState) -> Outcome {
     if zone.off_since.is_some() && setting.editable {
         enforce(context, zone).await;
     }
-    Outcome::Polled
+}
+
+/// Code 1015: the zone's plan lacks Argo. That is a state of the zone, asked
+/// about again only every few cycles, and judged as Argo being off.
+fn record_not_entitled(context: &PollContext<'_>, zone: &mut ZoneState, err: &ApiError) {
+    context
+        .metrics
+        .zones
+        .record_not_entitled(&zone.labels, unix_now());
+    if zone.last_error != Some(ErrorKind::NotEntitled) {
+        info!(
+            zone_name = %zone.labels.name,
+            cloudflare_code = err.cloudflare_code(),
+            "the zone's plan does not include Argo Smart Routing; asking again every \
+             {NOT_ENTITLED_RECHECK_CYCLES} cycles"
+        );
+    }
+    zone.last_error = Some(ErrorKind::NotEntitled);
+    zone.skip_cycles = NOT_ENTITLED_RECHECK_CYCLES - 1;
+    // A lapsed plan is Argo turning off, and is judged as such.
+    observe_value(context, zone, ArgoValue::Off, None);
+}
+
+/// A failed read: the last good values stay, and the failure is logged when
+/// it is new for the zone. Refused credentials are left to the cycle's line.
+fn record_failure(context: &PollContext<'_>, zone: &mut ZoneState, err: &ApiError) {
+    context.metrics.zones.record_failure(&zone.labels);
+    let kind = err.kind();
+    if kind == ErrorKind::Auth {
+        debug!(kind = %kind, error = %err, "poll refused");
+    } else if zone.last_error != Some(kind) {
+        warn!(
+            zone_name = %zone.labels.name,
+            kind = %kind,
+            cloudflare_code = err.cloudflare_code(),
+            error = %err,
+            "poll failed; serving the last good values"
+        );
+    } else {
+        debug!(kind = %kind, error = %err, "poll failed again");
+    }
+    zone.last_error = Some(kind);
 }
 
 /// Records a value read from the API: counts and logs a change, judges it
@@ -584,11 +656,7 @@ async fn enforce(context: &PollContext<'_>, zone: &mut ZoneState) {
                 &zone.labels,
                 true,
                 setting.editable,
-                setting
-                    .modified_at()
-                    .ok()
-                    .flatten()
-                    .map(|at| at.timestamp_micros() as f64 / 1e6),
+                setting.modified_at().ok().flatten().map(unix_seconds),
                 unix_now(),
             );
             observe_value(context, zone, ArgoValue::On, setting.modified_on.as_deref());
@@ -613,13 +681,15 @@ async fn enforce(context: &PollContext<'_>, zone: &mut ZoneState) {
     }
 }
 
-async fn look_up_name(
-    client: &Client,
-    metrics: &Metrics,
-    interval: Duration,
+/// Applies the answer of `GET /zones/{id}`: the zone's series move to its
+/// name, or the next lookup is planned further off. Returns a first failure,
+/// for the cycle's log line.
+fn record_name(
+    context: &PollContext<'_>,
     zone: &mut ZoneState,
-) {
-    match client.zone(&zone.id).await {
+    found: Result<Zone, ApiError>,
+) -> Option<NameFailure> {
+    match found {
         Ok(found) => {
             zone.name_lookup.due = None;
             if found.name != zone.labels.name {
@@ -627,36 +697,35 @@ async fn look_up_name(
                     id: zone.labels.id.clone(),
                     name: found.name,
                 };
-                metrics.zones.relabel(&zone.labels, &renamed);
+                context.metrics.zones.relabel(&zone.labels, &renamed);
                 debug!(zone_name = %renamed.name, "zone name found");
                 zone.labels = renamed;
             }
+            None
         }
         Err(err) => {
             let failures = zone.name_lookup.failures.saturating_add(1);
-            let delay = interval
+            let retry_in = context
+                .interval
                 .saturating_mul(2u32.saturating_pow(failures - 1))
                 .min(MAX_NAME_RETRY);
-            if failures == 1 {
-                let hint = if err.kind() == ErrorKind::Auth {
-                    "the token needs the \"Zone Read\" permission for zone names"
-                } else {
-                    "retrying later"
-                };
-                warn!(
-                    kind = %err.kind(),
-                    error = %err,
-                    retry_in = %humantime::format_duration(delay),
-                    hint,
-                    "cannot look up the zone name; exporting without it for now"
-                );
-            }
+            debug!(kind = %err.kind(), error = %err, retry_in = ?retry_in, "zone name lookup failed");
             zone.name_lookup = NameLookup {
-                due: Some(Instant::now() + delay),
+                due: Some(Instant::now() + retry_in),
                 failures,
             };
+            (failures == 1).then(|| NameFailure {
+                kind: err.kind(),
+                code: err.cloudflare_code(),
+                retry_in,
+            })
         }
     }
+}
+
+/// Unix seconds, with the microseconds Cloudflare sends.
+fn unix_seconds(at: DateTime<Utc>) -> f64 {
+    at.timestamp_micros() as f64 / 1e6
 }
 
 fn unix_now() -> f64 {

@@ -4,9 +4,10 @@
 mod common;
 
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
-use common::{failure_body, ZONE_A};
+use common::{failure_body, ZONE_A, ZONE_B};
+
+const ZONE_C: &str = "cccccccccccccccccccccccccccccccc";
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -123,13 +124,20 @@ fn a_busy_port_is_a_clear_error() {
 /// Runs the exporter against an API that refuses everything, at debug level,
 /// for a few poll cycles, then stops it with SIGTERM.
 async fn logs_of_a_refused_run(format: &str, env: &[(&str, &str)]) -> Output {
-    let refusal =
-        ResponseTemplate::new(403).set_body_json(failure_body(10000, "Authentication error"));
-    logs_of_a_run(refusal, format, env).await
+    logs_of_a_run(refusal(), &[ZONE_A], format, env).await
 }
 
-/// Runs the exporter against an API that always gives `answer`.
-async fn logs_of_a_run(answer: ResponseTemplate, format: &str, env: &[(&str, &str)]) -> Output {
+fn refusal() -> ResponseTemplate {
+    ResponseTemplate::new(403).set_body_json(failure_body(10000, "Authentication error"))
+}
+
+/// Runs the exporter on `zones` against an API that always gives `answer`.
+async fn logs_of_a_run(
+    answer: ResponseTemplate,
+    zones: &[&str],
+    format: &str,
+    env: &[(&str, &str)],
+) -> Output {
     let api = MockServer::start().await;
     Mock::given(method("GET"))
         .respond_with(answer)
@@ -139,10 +147,11 @@ async fn logs_of_a_run(answer: ResponseTemplate, format: &str, env: &[(&str, &st
     let mut env = env.to_vec();
     let url = api.uri();
     env.push(("CLOUDFLARE_API_URL", &url));
+    let zones = zones.join(",");
     let child = exporter(
         &[
             "--zone",
-            ZONE_A,
+            &zones,
             "--web.listen-address",
             "127.0.0.1:0",
             "--poll.interval",
@@ -161,14 +170,15 @@ async fn logs_of_a_run(answer: ResponseTemplate, format: &str, env: &[(&str, &st
     .spawn()
     .expect("binary starts");
 
-    // Six requests for the Argo setting are two whole polls even when each
-    // is retried twice.
+    // Six requests for each zone's Argo setting are two whole cycles even
+    // when every poll is retried twice.
+    let enough = 6 * zones.split(',').count();
     common::eventually("a few polls", || async {
         let requests = api.received_requests().await.unwrap_or_default();
         let argo = requests
             .iter()
             .filter(|r| r.url.path().ends_with("/argo/smart_routing"));
-        argo.count() >= 6
+        argo.count() >= enough
     })
     .await;
     let status = Command::new("kill")
@@ -176,12 +186,10 @@ async fn logs_of_a_run(answer: ResponseTemplate, format: &str, env: &[(&str, &st
         .status()
         .expect("kill runs");
     assert!(status.success());
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+    tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .unwrap()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    output
+        .unwrap()
 }
 
 #[tokio::test]
@@ -243,7 +251,13 @@ fn cleartext_api_url_to_another_host_is_refused() {
 #[tokio::test]
 async fn a_failing_zone_is_warned_about_once() {
     let answer = ResponseTemplate::new(500).set_body_json(failure_body(1000, "Internal error"));
-    let output = logs_of_a_run(answer, "logfmt", &[("CLOUDFLARE_API_TOKEN", "t")]).await;
+    let output = logs_of_a_run(
+        answer,
+        &[ZONE_A],
+        "logfmt",
+        &[("CLOUDFLARE_API_TOKEN", "t")],
+    )
+    .await;
     let logs = stderr(&output);
     let warnings: Vec<&str> = logs
         .lines()
@@ -263,24 +277,49 @@ async fn a_failing_zone_is_warned_about_once() {
 
 #[tokio::test]
 async fn refused_credentials_are_reported_per_cycle_not_per_zone() {
-    let output = logs_of_a_refused_run("logfmt", &[("CLOUDFLARE_API_TOKEN", "t")]).await;
+    let zones = [ZONE_A, ZONE_B, ZONE_C];
+    let env = [("CLOUDFLARE_API_TOKEN", "t")];
+    let output = logs_of_a_run(refusal(), &zones, "logfmt", &env).await;
     let logs = stderr(&output);
-    let per_zone = logs
-        .lines()
-        .filter(|l| l.contains("level=warn") && l.contains("poll failed"));
-    assert_eq!(per_zone.count(), 0, "{logs}");
+    let warnings = |needle: &str| -> Vec<&str> {
+        let lines = logs.lines();
+        lines
+            .filter(|l| l.contains("level=warn") && l.contains(needle))
+            .collect()
+    };
+    assert_eq!(warnings("poll failed").len(), 0, "{logs}");
 
-    let per_cycle: Vec<&str> = logs
-        .lines()
-        .filter(|l| l.contains("level=warn") && l.contains("refused the credentials"))
+    // One line per cycle, each counting the three zones; never one per zone.
+    let cycles: std::collections::BTreeSet<&str> = logs
+        .split_whitespace()
+        .filter_map(|word| word.strip_prefix("cycle="))
         .collect();
-    let cycles = logs.lines().filter(|l| l.contains("cycle=")).count();
-    assert!(!per_cycle.is_empty() && per_cycle.len() <= cycles, "{logs}");
-    for field in ["cloudflare_code=10000", "Zone Settings Read", "failed=1"] {
+    let per_cycle = warnings("refused the credentials");
+    assert!(
+        !per_cycle.is_empty() && per_cycle.len() <= cycles.len(),
+        "{} lines for {} cycles:\n{logs}",
+        per_cycle.len(),
+        cycles.len()
+    );
+    for line in &per_cycle {
+        for field in [
+            "cloudflare_code=10000",
+            "Zone Settings Read",
+            "failed=3",
+            "zones=3",
+        ] {
+            assert!(line.contains(field), "{field} missing from {line}");
+        }
+    }
+
+    // The zone names cannot be read either: said once, for the three zones.
+    let names = warnings("cannot look up zone names");
+    assert_eq!(names.len(), 1, "{logs}");
+    for field in ["zones=3", "kind=auth", "Zone Read"] {
         assert!(
-            per_cycle[0].contains(field),
+            names[0].contains(field),
             "{field} missing from {}",
-            per_cycle[0]
+            names[0]
         );
     }
 }
