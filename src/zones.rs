@@ -2,7 +2,7 @@
 //! discovered through the API. A background task keeps the list current and
 //! hands each new version to the poller.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::time::Duration;
 use regex::Regex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cloudflare::{ApiError, ArgoValue, Client, Zone, ZoneQuery};
 use crate::config::ZoneId;
@@ -230,10 +230,16 @@ pub struct ZoneTracker {
     refresh: Duration,
     default_expect: Expectation,
     shard: Shard,
-    /// Names already resolved to IDs, so each is looked up once.
+    /// What each configured name resolved to last. Names are looked up again
+    /// every round, so a zone deleted and created anew under the same name is
+    /// followed to its new ID; while a lookup fails, the last answer stands.
     resolved: BTreeMap<String, Zone>,
+    /// Names whose last lookup failed, so each failure is warned about once.
+    failing_names: BTreeSet<String>,
     /// The last successful discovery, kept while the API is failing.
     discovered: Vec<Zone>,
+    /// Whether the last discovery failed, so a failure is warned about once.
+    discovery_failing: bool,
     /// Whether a round has been published yet.
     published_once: bool,
     sender: watch::Sender<ZoneSet>,
@@ -250,7 +256,9 @@ impl ZoneTracker {
             default_expect: sources.default_expect,
             shard: sources.shard,
             resolved: BTreeMap::new(),
+            failing_names: BTreeSet::new(),
             discovered: Vec::new(),
+            discovery_failing: false,
             published_once: false,
             sender: watch::channel(ZoneSet::default()).0,
         };
@@ -293,18 +301,43 @@ impl ZoneTracker {
     /// returns whether every step succeeded.
     pub async fn refresh_once(&mut self) -> bool {
         let mut complete = true;
-        for name in self.unresolved_names() {
+        for name in self.configured_names() {
+            let before = self.resolved.get(&name).map(|zone| zone.id.clone());
             match self.resolve(&name).await {
                 Ok(Some(zone)) => {
-                    info!(zone_name = %name, zone_id = %zone.id, "zone name resolved");
+                    if before.as_ref() != Some(&zone.id) {
+                        info!(
+                            zone_name = %name,
+                            zone_id = %zone.id,
+                            previous_zone_id = before.as_deref(),
+                            "zone name resolved"
+                        );
+                    }
+                    self.failing_names.remove(&name);
                     self.resolved.insert(name, zone);
                 }
                 Ok(None) => {
-                    warn!(zone_name = %name, "no zone of that name is visible to the token");
+                    if self.failing_names.insert(name.clone()) {
+                        warn!(
+                            zone_name = %name,
+                            still_watching = before.as_deref(),
+                            "no zone of that name is visible to the token"
+                        );
+                    }
                     complete = false;
                 }
                 Err(err) => {
-                    warn!(zone_name = %name, kind = %err.kind(), error = %err, "cannot resolve zone name");
+                    if self.failing_names.insert(name.clone()) {
+                        warn!(
+                            zone_name = %name,
+                            kind = %err.kind(),
+                            error = %err,
+                            still_watching = before.as_deref(),
+                            "cannot resolve zone name"
+                        );
+                    } else {
+                        debug!(zone_name = %name, kind = %err.kind(), error = %err, "cannot resolve zone name");
+                    }
                     complete = false;
                 }
             }
@@ -314,23 +347,31 @@ impl ZoneTracker {
             match self.client.all_zones(&discovery.query).await {
                 Ok(zones) => {
                     let listed = zones.len();
+                    let before = self.discovered.len();
                     self.discovered = zones
                         .into_iter()
                         .filter(|zone| discovery.keeps(&zone.name))
                         .collect();
-                    info!(
-                        listed,
-                        kept = self.discovered.len(),
-                        "zone discovery finished"
-                    );
+                    let kept = self.discovered.len();
+                    if !self.published_once || kept != before || self.discovery_failing {
+                        info!(listed, kept, "zone discovery finished");
+                    } else {
+                        debug!(listed, kept, "zone discovery finished");
+                    }
+                    self.discovery_failing = false;
                 }
                 Err(err) => {
-                    warn!(
-                        kind = %err.kind(),
-                        error = %err,
-                        kept = self.discovered.len(),
-                        "zone discovery failed; keeping the zones found last time"
-                    );
+                    if !self.discovery_failing {
+                        warn!(
+                            kind = %err.kind(),
+                            error = %err,
+                            kept = self.discovered.len(),
+                            "zone discovery failed; keeping the zones found last time"
+                        );
+                    } else {
+                        debug!(kind = %err.kind(), error = %err, "zone discovery failed again");
+                    }
+                    self.discovery_failing = true;
                     complete = false;
                 }
             }
@@ -351,6 +392,17 @@ impl ZoneTracker {
             self.published_once = true;
         }
         complete
+    }
+
+    /// Every zone configured by name.
+    fn configured_names(&self) -> Vec<String> {
+        self.configured
+            .iter()
+            .filter_map(|configured| match &configured.zone {
+                ZoneRef::Name(name) => Some(name.clone()),
+                ZoneRef::Id(_) => None,
+            })
+            .collect()
     }
 
     /// Configured names that have not resolved to a zone (yet).

@@ -176,6 +176,42 @@ async fn zones_can_be_configured_by_name() {
 }
 
 #[tokio::test]
+async fn a_zone_recreated_under_its_configured_name_is_followed_to_its_new_id() {
+    // Regression: a name was resolved once, so a zone deleted and created
+    // again (new ID, same name) stayed polled under its dead ID.
+    let old_id = numbered_id(0xa1);
+    let new_id = numbered_id(0xa2);
+    let simulator = Simulator::new([SimZone::new(&old_id, "shop.example.com", ArgoValue::On)]);
+    let url = serve_simulator(&simulator).await;
+    let mut config = config(&url, &[], Duration::from_millis(200));
+    config.zones.refresh = Duration::from_millis(300);
+    config.zones.configured = vec![ZoneRef::Name("shop.example.com".to_owned()).into()];
+    let exporter = Exporter::start(config).await;
+    exporter
+        .scrape_until("the zone under its first ID", |m| {
+            m.zone_value("argo_enabled", &old_id) == Some(1.0)
+        })
+        .await;
+
+    simulator.remove(&old_id);
+    simulator.insert(SimZone::new(&new_id, "shop.example.com", ArgoValue::Off));
+    let m = exporter
+        .scrape_until("the zone under its new ID", |m| {
+            m.value(
+                "argo_enabled",
+                &[("zone_id", &new_id), ("zone_name", "shop.example.com")],
+            ) == Some(0.0)
+        })
+        .await;
+    assert_eq!(m.zone_value("argo_enabled", &old_id), None, "{}", m.text);
+    assert_eq!(
+        m.value("argo_zones", &[("source", "configured")]),
+        Some(1.0)
+    );
+    exporter.stop().await;
+}
+
+#[tokio::test]
 async fn token_expiry_is_exported() {
     let simulator = Simulator::numbered(1);
     let expires = chrono::DateTime::parse_from_rfc3339("2027-06-30T00:00:00Z").unwrap();
