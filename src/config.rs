@@ -411,11 +411,30 @@ fn credentials_from(
     }
 }
 
+/// A token is 40 characters; a file much larger than that is the wrong file,
+/// and is not read whole into memory.
+const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+
 fn read_token_file(path: &std::path::Path) -> Result<SecretString, ConfigError> {
-    let contents = std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
+    use std::io::Read;
+
+    let error = |source| ConfigError::TokenFile {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let mut contents = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| {
+            file.take(MAX_TOKEN_FILE_BYTES + 1)
+                .read_to_string(&mut contents)
+        })
+        .map_err(error)?;
+    if contents.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        return Err(error(std::io::Error::other(format!(
+            "larger than {} KiB, so not a token",
+            MAX_TOKEN_FILE_BYTES / 1024
+        ))));
+    }
     secret(contents, &format!("token file {}", path.display()))
 }
 
@@ -630,6 +649,19 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.starts_with("--cloudflare.api-token-file"), "{err}");
+    }
+
+    #[test]
+    fn oversized_token_file_is_refused_unread() {
+        // /dev/zero never ends: the file must be refused without reading it all.
+        let err = Config::from_args(
+            &args(&["--cloudflare.api-token-file", "/dev/zero"]),
+            env_of(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("--cloudflare.api-token-file"), "{err}");
+        assert!(err.contains("larger than 64 KiB"), "{err}");
     }
 
     #[test]

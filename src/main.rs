@@ -1,3 +1,8 @@
+//! The `cloudflare-argo-exporter` binary: parses the command line, sets up
+//! logging, and hands the validated configuration to the library. A bad
+//! flag, variable or file exits 64; a failure at run time exits 1; `check`,
+//! `enable` and `disable` have exit codes of their own (see `commands`).
+
 use std::process::ExitCode;
 
 use clap::error::{ContextKind, ContextValue};

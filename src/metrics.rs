@@ -416,7 +416,8 @@ impl PollMetrics {
         )?;
         let overruns = IntCounter::new(
             "argo_poll_cycle_overruns_total",
-            "Poll cycles that took longer than the poll interval, delaying the next one.",
+            "Poll cycles that took longer than planned (the poll interval, or the longer cycle \
+             the API budget allows), delaying the next one.",
         )?;
         let cycle_duration = Histogram::with_opts(
             HistogramOpts::new(

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use flate2::write::GzEncoder;
@@ -21,6 +21,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
@@ -304,8 +305,10 @@ impl EncodedMetrics {
         }
     }
 
-    /// The metrics as plain text, encoded for this request.
+    /// The metrics as plain text, encoded for this request. One encoding runs
+    /// at a time, so a burst of plain scrapes cannot each hold a full text.
     pub async fn plain(&self) -> Result<Bytes, String> {
+        let _encoding = self.inner.encoding.lock().await;
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             // Sized from the last plain encoding, so the buffer is not doubled.
@@ -408,7 +411,9 @@ mod tests {
         text
     }
 
-    #[tokio::test]
+    // Paused time: the cache's ages are read from tokio's clock, so the test
+    // does not depend on how fast this machine runs it.
+    #[tokio::test(start_paused = true)]
     async fn scrapes_close_together_share_one_encoding() {
         let metrics = Metrics::new(RateLimit::default()).unwrap();
         let encoded = EncodedMetrics::new(metrics.clone(), Duration::from_millis(300));
