@@ -314,7 +314,22 @@ async fn resolve(client: &Client, zone: &ZoneRef) -> Result<Option<ZoneId>, ApiE
 }
 
 /// Asks the local exporter's `/healthz`, over HTTPS when it serves TLS.
+///
+/// It has no client certificate to present, so it cannot check an exporter
+/// that requires one (`RequireAndVerifyClientCert`); it says so rather than
+/// reporting a handshake failure as ill health.
 pub async fn healthcheck(web: &WebConfig) -> Result<(), String> {
+    if web
+        .security
+        .as_ref()
+        .is_some_and(|security| security.requires_client_cert())
+    {
+        return Err(
+            "the web config requires client certificates (RequireAndVerifyClientCert), \
+                    which healthcheck does not have: probe the port with a TCP check instead"
+                .to_owned(),
+        );
+    }
     let (host, port) = web
         .listen_address
         .rsplit_once(':')

@@ -59,6 +59,8 @@ pub struct WebConfigError {
 /// TLS and basic auth as configured; `Debug` shows neither keys nor hashes.
 pub struct WebSecurity {
     tls: Option<TlsAcceptor>,
+    /// `client_auth_type: RequireAndVerifyClientCert`: no client certificate, no connection.
+    requires_client_cert: bool,
     /// User name to bcrypt hash.
     users: BTreeMap<String, String>,
     /// Checked for unknown users, at the cost of the real hashes, so timing
@@ -99,6 +101,9 @@ impl WebSecurity {
                 )));
             }
         }
+        let requires_client_cert = raw.tls_server_config.as_ref().is_some_and(|tls| {
+            tls.client_auth_type.as_deref() == Some("RequireAndVerifyClientCert")
+        });
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         let tls = raw
             .tls_server_config
@@ -119,6 +124,7 @@ impl WebSecurity {
         };
         Ok(Self {
             tls,
+            requires_client_cert,
             users: raw.basic_auth_users,
             unknown_user_hash,
             verified: Mutex::new(HashMap::new()),
@@ -128,6 +134,11 @@ impl WebSecurity {
     /// The TLS acceptor, when the server must speak HTTPS.
     pub fn tls(&self) -> Option<&TlsAcceptor> {
         self.tls.as_ref()
+    }
+
+    /// Whether every connection must present a client certificate.
+    pub fn requires_client_cert(&self) -> bool {
+        self.requires_client_cert
     }
 
     pub fn requires_auth(&self) -> bool {
