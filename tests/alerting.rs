@@ -4,12 +4,22 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use cloudflare_argo_exporter::cloudflare::ArgoValue;
+use cloudflare_argo_exporter::alerting::{AlertBoard, Notifier};
+use cloudflare_argo_exporter::budget::Budget;
+use cloudflare_argo_exporter::cloudflare::{ArgoValue, Client, ZoneQuery};
+use cloudflare_argo_exporter::metrics::Metrics as ExporterMetrics;
+use cloudflare_argo_exporter::poller::{Actions, Poller, Readiness};
 use cloudflare_argo_exporter::simulator::{SimZone, Simulator};
-use cloudflare_argo_exporter::zones::{ConfiguredZone, Expectation, ZoneRef};
+use cloudflare_argo_exporter::zones::{
+    ConfiguredZone, Discovery, Expectation, Source, WatchedZone, ZoneRef, ZoneSet,
+};
 use common::*;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use url::Url;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -45,7 +55,7 @@ fn configured(id: &str, expect: Option<Expectation>) -> ConfiguredZone {
     }
 }
 
-async fn exporter_for(url: &str, zones: &Zones, alertmanager: Option<&MockServer>) -> Exporter {
+async fn exporter_for(url: &str, zones: &Zones, alertmanager: Option<&str>) -> Exporter {
     let mut config = config(url, &[], Duration::from_millis(100));
     config.zones.configured = vec![
         configured(&zones.on, None),
@@ -53,10 +63,17 @@ async fn exporter_for(url: &str, zones: &Zones, alertmanager: Option<&MockServer
         configured(&zones.any, Some(Expectation::Any)),
     ];
     if let Some(am) = alertmanager {
-        config.alerting.alertmanagers = vec![format!("{}/", am.uri()).parse().unwrap()];
-        config.alerting.resend_interval = Duration::from_millis(300);
+        config.alerting.alertmanagers = vec![alertmanager_url(am)];
+        config.alerting.resend_interval = RESEND;
     }
     Exporter::start(config).await
+}
+
+/// How often the tests' firing alerts are sent again.
+const RESEND: Duration = Duration::from_millis(300);
+
+fn alertmanager_url(base: &str) -> Url {
+    format!("{}/", base.trim_end_matches('/')).parse().unwrap()
 }
 
 async fn alertmanager() -> MockServer {
@@ -173,7 +190,7 @@ async fn the_alert_is_pushed_at_once_and_resolved() {
     let simulator = simulator(&zones);
     let url = serve_simulator(&simulator).await;
     let am = alertmanager().await;
-    let exporter = exporter_for(&url, &zones, Some(&am)).await;
+    let exporter = exporter_for(&url, &zones, Some(&am.uri())).await;
     exporter
         .scrape_until("the first poll", |m| {
             m.zone_value("argo_enabled", &zones.on) == Some(1.0)
@@ -245,7 +262,7 @@ async fn a_failing_alertmanager_is_retried_and_counted() {
         .respond_with(ResponseTemplate::new(200))
         .mount(&am)
         .await;
-    let exporter = exporter_for(&url, &zones, Some(&am)).await;
+    let exporter = exporter_for(&url, &zones, Some(&am.uri())).await;
     let m = exporter
         .scrape_until("a delivery after two failures", |m| {
             m.value(
@@ -319,5 +336,159 @@ async fn enforce_turns_argo_back_on_after_the_grace() {
             .any(|l| l.contains(&format!("zone_id={}", zones.on))),
         "{warned:#?}"
     );
+    exporter.stop().await;
+}
+
+/// The alerts posted for one zone, newest last.
+async fn alerts_for(am: &MockServer, zone_id: &str) -> Vec<serde_json::Value> {
+    posted_alerts(am)
+        .await
+        .into_iter()
+        .filter(|a| a["labels"]["zone_id"] == zone_id)
+        .collect()
+}
+
+/// One watched zone, as the zone tracker would publish it.
+fn watched(id: &str, name: &str, expect: Expectation) -> ZoneSet {
+    Arc::new(vec![WatchedZone {
+        id: zone(id),
+        name: Some(name.to_owned()),
+        source: Source::Configured,
+        expect,
+    }])
+}
+
+#[tokio::test]
+async fn the_alert_resolves_when_the_zone_is_no_longer_expected_on() {
+    // The daemon has no configuration reload: a watched zone's expectation
+    // only changes when the zone tracker publishes a new zone set. The poller
+    // and notifier are wired here as `run` wires them, with the set in the
+    // test's hands.
+    let zones = zones(6);
+    let simulator = Simulator::new([SimZone::new(&zones.on, "on.example.com", ArgoValue::Off)])
+        .require_token(TOKEN);
+    let url = serve_simulator(&simulator).await;
+    let am = alertmanager().await;
+    let config = config(&url, &[], Duration::from_millis(100));
+    let metrics = ExporterMetrics::new(config.api.rate_limit).unwrap();
+    let budget = Arc::new(Budget::new(config.api.rate_limit));
+    let client = Client::new(&config.api, Arc::clone(&budget), metrics.api.clone()).unwrap();
+    let board = Arc::new(AlertBoard::default());
+    let notifier = Notifier::new(
+        Arc::clone(&board),
+        vec![alertmanager_url(&am.uri())],
+        RESEND,
+        metrics.alerting.clone(),
+    )
+    .unwrap();
+    let (publish, zone_set) = watch::channel(watched(&zones.on, "on.example.com", Expectation::On));
+    let actions = Actions {
+        alerts: Some(board),
+        enforce_grace: None,
+    };
+    let poller = Poller::new(
+        client,
+        metrics.clone(),
+        &config.poll,
+        budget.limit().period(),
+        zone_set,
+        actions,
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(notifier.run(stop.clone()));
+    let polling = tokio::spawn(poller.run(Readiness::default(), false, stop.clone()));
+
+    eventually("the alert", || async {
+        alerts_for(&am, &zones.on)
+            .await
+            .last()
+            .is_some_and(|a| !is_resolved(a))
+    })
+    .await;
+
+    let scrape = || Metrics::parse(&String::from_utf8(metrics.encode().unwrap()).unwrap());
+    let poll_success = || scrape().zone_value("argo_zone_poll_success", &zones.on);
+
+    // Polls now fail, so no poll can judge the zone again: the change of
+    // expectation alone must resolve the alert. Argo stays off throughout.
+    let simulator = simulator.require_token("rotated-elsewhere");
+    eventually("polls to fail", || async { poll_success() == Some(0.0) }).await;
+    publish.send_replace(watched(&zones.on, "on.example.com", Expectation::Any));
+    eventually("the resolution", || async {
+        alerts_for(&am, &zones.on)
+            .await
+            .last()
+            .is_some_and(is_resolved)
+    })
+    .await;
+
+    // Polls that work again, and still read Argo off, raise it no more.
+    let simulator = simulator.require_token(TOKEN);
+    eventually("polls to work again", || async {
+        poll_success() == Some(1.0)
+    })
+    .await;
+    let cycles = metrics.poll.cycles.get();
+    eventually("more poll cycles", || async {
+        metrics.poll.cycles.get() >= cycles + 5
+    })
+    .await;
+    let alerts = alerts_for(&am, &zones.on).await;
+    assert!(alerts.last().is_some_and(is_resolved), "{alerts:#?}");
+    let m = scrape();
+    assert_eq!(m.zone_value("argo_enabled", &zones.on), Some(0.0));
+    assert_eq!(m.zone_value("argo_expected_enabled", &zones.on), None);
+    drop(simulator);
+
+    stop.cancel();
+    polling.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_alert_resolves_when_the_zone_is_no_longer_watched() {
+    let zones = zones(7);
+    let simulator = Simulator::new([
+        SimZone::new(&zones.on, "on.example.com", ArgoValue::Off),
+        SimZone::new(&zones.any, "any.example.com", ArgoValue::On),
+    ]);
+    let url = serve_simulator(&simulator).await;
+    let am = alertmanager().await;
+    let mut config = config(&url, &[], Duration::from_millis(100));
+    let refresh = Duration::from_millis(300);
+    config.zones.discovery = Some(Discovery {
+        query: ZoneQuery::default(),
+        include: None,
+        exclude: None,
+        refresh,
+    });
+    config.zones.refresh = refresh;
+    config.alerting.alertmanagers = vec![alertmanager_url(&am.uri())];
+    config.alerting.resend_interval = RESEND;
+    let exporter = Exporter::start(config).await;
+    eventually("the alert", || async {
+        alerts_for(&am, &zones.on)
+            .await
+            .last()
+            .is_some_and(|a| !is_resolved(a))
+    })
+    .await;
+
+    // The zone leaves the account while its alert fires.
+    simulator.remove(&zones.on);
+    exporter
+        .scrape_until("the zone no longer watched", |m| {
+            m.value("argo_zones", &[("source", "discovered")]) == Some(1.0)
+                && m.zone_value("argo_enabled", &zones.on).is_none()
+        })
+        .await;
+    eventually("the resolution", || async {
+        alerts_for(&am, &zones.on)
+            .await
+            .last()
+            .is_some_and(is_resolved)
+    })
+    .await;
+    let resolved = alerts_for(&am, &zones.on).await.pop().unwrap();
+    assert_eq!(resolved["labels"]["zone_name"], "on.example.com");
     exporter.stop().await;
 }

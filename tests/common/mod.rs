@@ -291,7 +291,17 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+    eventually_within(what, PATIENCE, check).await;
+}
+
+/// [`eventually`] for what cannot happen sooner than some fixed wait of the
+/// exporter's own (a request timeout, say): `patience` bounds a hang.
+pub async fn eventually_within<F, Fut>(what: &str, patience: Duration, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
     while !check().await {
         assert!(
             tokio::time::Instant::now() < deadline,
