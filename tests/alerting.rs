@@ -1,9 +1,11 @@
 //! What the daemon does when Argo is off where it should be on: the expected
 //! state and changes it exports, the alert it pushes to Alertmanager, and
-//! `--enforce`. The API is the project's simulator; Alertmanager is wiremock.
+//! `--enforce`. The API is the project's simulator; Alertmanager is wiremock,
+//! or a listener that never answers.
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use cloudflare_argo_exporter::zones::{
     ConfiguredZone, Discovery, Expectation, Source, WatchedZone, ZoneRef, ZoneSet,
 };
 use common::*;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -490,5 +493,89 @@ async fn the_alert_resolves_when_the_zone_is_no_longer_watched() {
     .await;
     let resolved = alerts_for(&am, &zones.on).await.pop().unwrap();
     assert_eq!(resolved["labels"]["zone_name"], "on.example.com");
+    exporter.stop().await;
+}
+
+/// The notifier's request timeout (`Notifier::new`): a request to an
+/// Alertmanager that never answers fails no sooner.
+const NOTIFIER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An "Alertmanager" on loopback that accepts connections and never answers
+/// on them: its URL, and how many connections it has taken.
+async fn hanging_alertmanager() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        // Held open, unread, until the test's runtime ends.
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn a_hanging_alertmanager_does_not_hold_up_polling() {
+    let zones = zones(8);
+    let simulator = simulator(&zones);
+    let url = serve_simulator(&simulator).await;
+    let (am, accepted) = hanging_alertmanager().await;
+    let exporter = exporter_for(&url, &zones, Some(&am)).await;
+    exporter
+        .scrape_until("the first poll", |m| {
+            m.zone_value("argo_enabled", &zones.on) == Some(1.0)
+        })
+        .await;
+
+    // The alert sends the notifier to an Alertmanager that never answers.
+    simulator.set_value(&zones.on, ArgoValue::Off);
+    eventually("the notifier to connect", || async {
+        accepted.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+
+    // Polling goes on meanwhile: cycles count up and values follow the API.
+    let notifications = |m: &Metrics, result: &str| {
+        m.value(
+            "argo_alertmanager_notifications_total",
+            &[("result", result)],
+        )
+        .unwrap_or(0.0)
+    };
+    let cycles = |m: &Metrics| m.value("argo_poll_cycles_total", &[]).unwrap_or(0.0);
+    let stuck = exporter.scrape().await;
+    simulator.set_value(&zones.any, ArgoValue::On);
+    let m = exporter
+        .scrape_until("more cycles and the zone turned on", |m| {
+            cycles(m) >= cycles(&stuck) + 5.0
+                && m.zone_value("argo_enabled", &zones.any) == Some(1.0)
+        })
+        .await;
+    simulator.set_value(&zones.any, ArgoValue::Off);
+    let m = exporter
+        .scrape_until("more cycles and the zone turned off", |later| {
+            cycles(later) >= cycles(&m) + 5.0
+                && later.zone_value("argo_enabled", &zones.any) == Some(0.0)
+        })
+        .await;
+    assert!(
+        m.zone_value("argo_zone_last_success_timestamp_seconds", &zones.on)
+            > stuck.zone_value("argo_zone_last_success_timestamp_seconds", &zones.on)
+    );
+    assert_eq!(m.zone_value("argo_enabled", &zones.on), Some(0.0));
+    assert_eq!(notifications(&m, "success"), 0.0);
+
+    // The stuck request times out and is counted as a failure.
+    eventually_within(
+        "a failed notification",
+        NOTIFIER_TIMEOUT + PATIENCE,
+        || async { notifications(&exporter.scrape().await, "failure") >= 1.0 },
+    )
+    .await;
+    assert_eq!(notifications(&exporter.scrape().await, "success"), 0.0);
     exporter.stop().await;
 }
