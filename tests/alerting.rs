@@ -1,7 +1,7 @@
 //! What the daemon does when Argo is off where it should be on: the expected
 //! state and changes it exports, the alert it pushes to Alertmanager, and
-//! `--enforce`. The API is the project's simulator; Alertmanager is wiremock,
-//! or a listener that never answers.
+//! `--enforce`. The API is the project's simulator (or wiremock, to refuse a
+//! PATCH); Alertmanager is wiremock, or a listener that never answers.
 
 mod common;
 
@@ -577,5 +577,84 @@ async fn a_hanging_alertmanager_does_not_hold_up_polling() {
     )
     .await;
     assert_eq!(notifications(&exporter.scrape().await, "success"), 0.0);
+    exporter.stop().await;
+}
+
+#[tokio::test]
+async fn enforce_with_a_refused_patch_tries_once_per_grace_period() {
+    let zone_id = zones(9).on;
+    let argo = format!("/zones/{zone_id}/argo/smart_routing");
+    let api = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(argo.as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(argo_body(
+            "off",
+            true,
+            Some("2024-01-11T12:00:00.500000Z"),
+        )))
+        .mount(&api)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/zones/{zone_id}")))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(zone_body(&zone_id, "locked.example.com")),
+        )
+        .mount(&api)
+        .await;
+    // A token without "Zone Settings Write".
+    Mock::given(method("PATCH"))
+        .and(path(argo.as_str()))
+        .respond_with(
+            ResponseTemplate::new(403).set_body_json(failure_body(10000, "Authentication error")),
+        )
+        .mount(&api)
+        .await;
+
+    let grace = Duration::from_secs(1);
+    let mut config = config(&api.uri(), &[&zone_id], Duration::from_millis(100));
+    config.alerting.enforce_grace = Some(grace);
+    let started = tokio::time::Instant::now();
+    let exporter = Exporter::start(config).await;
+
+    let patches = || async {
+        let requests = api.received_requests().await.unwrap_or_default();
+        requests
+            .iter()
+            .filter(|r| r.method == wiremock::http::Method::PATCH)
+            .count()
+    };
+    let failures = |m: &Metrics| m.value("argo_remediations_total", &[("result", "failure")]);
+    eventually("four tries", || async { patches().await >= 4 }).await;
+    // Each try is counted once its PATCH has been answered.
+    eventually("the tries counted", || async {
+        let seen = patches().await;
+        failures(&exporter.scrape().await) == Some(seen as f64)
+    })
+    .await;
+
+    // A try comes a whole grace after the zone was first seen off, and each
+    // later one a whole grace after the last: within `elapsed` (measured
+    // after counting, so it can only be too long) there is room for
+    // elapsed / grace of them, and one more is allowed for generosity.
+    let tries = patches().await;
+    let elapsed = started.elapsed();
+    let periods = (elapsed.as_secs_f64() / grace.as_secs_f64()).floor();
+    assert!(
+        tries as f64 <= periods + 1.0,
+        "{tries} PATCHes in {elapsed:?} with a grace of {grace:?}"
+    );
+    let m = exporter.scrape().await;
+    assert_eq!(
+        m.value("argo_remediations_total", &[("result", "success")]),
+        Some(0.0)
+    );
+    assert_eq!(m.zone_value("argo_enabled", &zone_id), Some(0.0));
+    let warned = log_lines_with("--enforce could not turn Argo Smart Routing back on");
+    assert!(
+        warned
+            .iter()
+            .any(|l| l.contains(&format!("zone_id={zone_id}"))),
+        "{warned:#?}"
+    );
     exporter.stop().await;
 }
