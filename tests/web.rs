@@ -2,7 +2,8 @@
 //! with a certificate generated for the test. HTTPS with basic auth works,
 //! wrong credentials get 401, plain HTTP to the TLS port fails, a real
 //! Prometheus scrapes it with `basic_auth` and `tls_config`, and the
-//! `healthcheck` command speaks TLS.
+//! `healthcheck` command speaks TLS. Client certificates, required or
+//! optional, are checked against `client_ca_file`.
 
 mod common;
 
@@ -249,5 +250,171 @@ async fn prometheus_scrapes_with_tls_and_basic_auth() {
         up.first().is_some_and(|s| s["value"][1] == "1") && !query("argo_enabled").await.is_empty()
     })
     .await;
+    exporter.stop().await;
+}
+
+/// A certificate authority made for one test.
+struct Ca {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        Self {
+            issuer: rcgen::Issuer::new(params, key),
+            pem,
+        }
+    }
+
+    /// A certificate for `names` signed by this CA, and its key, in PEM.
+    fn sign(&self, names: &[&str], usage: rcgen::ExtendedKeyUsagePurpose) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.extended_key_usages = vec![usage];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A client identity signed by this CA.
+    fn client_identity(&self) -> reqwest::Identity {
+        let (cert, key) = self.sign(
+            &["scraper.example.com"],
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap()
+    }
+}
+
+/// A server certificate signed by `ca`, and a web config that asks clients
+/// for a certificate from the same CA as `client_auth_type` says.
+struct MutualTls {
+    dir: tempfile::TempDir,
+    ca: Ca,
+}
+
+impl MutualTls {
+    fn new(client_auth_type: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("exporter test CA");
+        let (cert, key) = ca.sign(
+            &["localhost", "127.0.0.1"],
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        std::fs::write(dir.path().join("ca.crt"), &ca.pem).unwrap();
+        std::fs::write(dir.path().join("server.crt"), cert).unwrap();
+        std::fs::write(dir.path().join("server.key"), key).unwrap();
+        std::fs::write(
+            dir.path().join("web.yml"),
+            format!(
+                "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
+                 client_ca_file: ca.crt\n  client_auth_type: {client_auth_type}\n"
+            ),
+        )
+        .unwrap();
+        Self { dir, ca }
+    }
+
+    async fn exporter(&self, api: &MockServer) -> Exporter {
+        let mut config = config(&api.uri(), &[ZONE_A], Duration::from_secs(60));
+        let security = WebSecurity::load(&self.dir.path().join("web.yml")).unwrap();
+        config.web.security = Some(Arc::new(security));
+        Exporter::start(config).await
+    }
+
+    /// Scrapes over HTTPS, trusting the server's CA, with `identity` if given.
+    async fn scrape(
+        &self,
+        exporter: &Exporter,
+        identity: Option<reqwest::Identity>,
+    ) -> reqwest::Result<reqwest::Response> {
+        let root = reqwest::Certificate::from_pem(self.ca.pem.as_bytes()).unwrap();
+        let mut client = reqwest::Client::builder()
+            .add_root_certificate(root)
+            .timeout(Duration::from_secs(5));
+        if let Some(identity) = identity {
+            client = client.identity(identity);
+        }
+        let url = format!("https://localhost:{}/metrics", exporter.address.port());
+        client.build().unwrap().get(url).send().await
+    }
+}
+
+/// Asserts that the scrape got no HTTP answer because the server ended the
+/// TLS handshake with `alert` (as rustls names TLS alerts).
+fn assert_refused(scrape: reqwest::Result<reqwest::Response>, alert: &str) {
+    let err = match scrape {
+        Ok(response) => panic!(
+            "expected a refused handshake, got HTTP {}",
+            response.status()
+        ),
+        Err(err) => err,
+    };
+    let mut chain = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    assert!(
+        chain.contains(&format!("received fatal alert: {alert}")),
+        "{chain}"
+    );
+}
+
+#[tokio::test]
+async fn a_required_client_certificate_admits_only_clients_of_the_ca() {
+    let tls = MutualTls::new("RequireAndVerifyClientCert");
+    let api = api().await;
+    let exporter = tls.exporter(&api).await;
+
+    let admitted = tls
+        .scrape(&exporter, Some(tls.ca.client_identity()))
+        .await
+        .unwrap();
+    assert_eq!(admitted.status(), 200);
+
+    assert_refused(tls.scrape(&exporter, None).await, "CertificateRequired");
+    let foreign = Ca::new("another CA").client_identity();
+    assert_refused(tls.scrape(&exporter, Some(foreign)).await, "UnknownCA");
+
+    // Refused handshakes leave the server serving.
+    let again = tls
+        .scrape(&exporter, Some(tls.ca.client_identity()))
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    exporter.stop().await;
+}
+
+#[tokio::test]
+async fn an_optional_client_certificate_admits_anonymous_clients_but_not_foreign_ones() {
+    let tls = MutualTls::new("VerifyClientCertIfGiven");
+    let api = api().await;
+    let exporter = tls.exporter(&api).await;
+
+    let anonymous = tls.scrape(&exporter, None).await.unwrap();
+    assert_eq!(anonymous.status(), 200);
+    let admitted = tls
+        .scrape(&exporter, Some(tls.ca.client_identity()))
+        .await
+        .unwrap();
+    assert_eq!(admitted.status(), 200);
+
+    let foreign = Ca::new("another CA").client_identity();
+    assert_refused(tls.scrape(&exporter, Some(foreign)).await, "UnknownCA");
     exporter.stop().await;
 }
