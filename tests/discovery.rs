@@ -1,14 +1,16 @@
 //! Zones found through the API: discovery with its filters, zones that come
-//! and go, zones configured by name, and the token check at start.
+//! and go, zones configured by name, the token check at start, and shards
+//! that split the discovered zones between replicas.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cloudflare_argo_exporter::cloudflare::ArgoValue;
 use cloudflare_argo_exporter::cloudflare::ZoneQuery;
 use cloudflare_argo_exporter::simulator::{SimZone, Simulator};
-use cloudflare_argo_exporter::zones::{Discovery, ZoneRef};
+use cloudflare_argo_exporter::zones::{Discovery, Shard, ZoneRef};
 use common::*;
 use regex::Regex;
 
@@ -301,4 +303,55 @@ async fn an_unresolvable_name_does_not_stop_the_other_zones() {
         "{warned:#?}"
     );
     exporter.stop().await;
+}
+
+#[tokio::test]
+async fn three_shards_export_every_discovered_zone_exactly_once() {
+    let simulator = Simulator::numbered(30);
+    let url = serve_simulator(&simulator).await;
+    let mut exporters = Vec::new();
+    for index in 0..3 {
+        let mut config = discover_config(&url, None, None);
+        config.zones.shard = Shard { index, count: 3 };
+        exporters.push(Exporter::start(config).await);
+    }
+
+    let mut owners: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (shard, exporter) in exporters.iter().enumerate() {
+        // After a first cycle, every zone of the shard has been polled.
+        let m = exporter
+            .scrape_until("a first poll cycle", |m| {
+                m.value("argo_poll_cycles_total", &[]) >= Some(1.0)
+            })
+            .await;
+        let exported: Vec<String> = m
+            .samples
+            .iter()
+            .filter(|s| s.metric == "argo_enabled")
+            .map(|s| s.labels.get("zone_id").unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            m.value("argo_zones", &[("source", "discovered")]),
+            Some(exported.len() as f64),
+            "shard {shard}: {exported:?}"
+        );
+        for zone_id in exported {
+            owners.entry(zone_id).or_default().push(shard);
+        }
+    }
+
+    let every_zone: Vec<String> = (1..=30).map(numbered_id).collect();
+    assert_eq!(
+        owners.keys().cloned().collect::<Vec<_>>(),
+        every_zone,
+        "{owners:?}"
+    );
+    let shared: Vec<_> = owners.iter().filter(|(_, o)| o.len() > 1).collect();
+    assert!(
+        shared.is_empty(),
+        "exported by more than one shard: {shared:?}"
+    );
+    for exporter in exporters {
+        exporter.stop().await;
+    }
 }
