@@ -450,9 +450,16 @@ impl ZoneTracker {
                     let known = zones.get(id).and_then(|z| z.name.clone());
                     (id.clone(), known)
                 }
+                // Until the name's own lookup succeeds, a discovered zone of
+                // that name is the one meant: it must not be watched with the
+                // default expectation instead of the configured one.
                 ZoneRef::Name(name) => match self
                     .resolved
                     .get(name)
+                    .or_else(|| {
+                        let mut discovered = self.discovered.iter();
+                        discovered.find(|zone| zone.name.eq_ignore_ascii_case(name))
+                    })
                     .and_then(|zone| zone.id.parse::<ZoneId>().ok())
                 {
                     Some(id) => (id, Some(name.clone())),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use cloudflare_argo_exporter::cloudflare::ArgoValue;
 use cloudflare_argo_exporter::cloudflare::ZoneQuery;
 use cloudflare_argo_exporter::simulator::{SimZone, Simulator};
-use cloudflare_argo_exporter::zones::{Discovery, Shard, ZoneRef};
+use cloudflare_argo_exporter::zones::{ConfiguredZone, Discovery, Shard, ZoneRef};
 use common::*;
 use regex::Regex;
 
@@ -354,4 +354,69 @@ async fn three_shards_export_every_discovered_zone_exactly_once() {
     for exporter in exporters {
         exporter.stop().await;
     }
+}
+
+#[tokio::test]
+async fn a_configured_name_keeps_its_expectation_while_its_lookup_fails_and_discovery_lists_it() {
+    // Regression: until `GET /zones?name=` answered, the zone was watched as
+    // discovered with the default expectation (on), so a zone declared
+    // `expect: off` paged as unexpectedly disabled and `--enforce` turned it on.
+    use cloudflare_argo_exporter::zones::Expectation;
+    use wiremock::matchers::{method, path, query_param};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let id = numbered_id(0xcafe);
+    let api = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/zones"))
+        .and(query_param("name", "calm.example.com"))
+        .respond_with(ResponseTemplate::new(503).set_body_json(failure_body(1000, "busy")))
+        .mount(&api)
+        .await;
+    let listing = serde_json::json!({
+        "result": [zone_body(&id, "calm.example.com")["result"]],
+        "result_info": {"page": 1, "per_page": 50, "count": 1, "total_count": 1, "total_pages": 1},
+        "success": true, "errors": [], "messages": []
+    });
+    Mock::given(method("GET"))
+        .and(path("/zones"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(listing))
+        .mount(&api)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/zones/{id}/argo/smart_routing")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(argo_body("off", true, None)))
+        .mount(&api)
+        .await;
+
+    let mut config = discover_config(&api.uri(), None, None);
+    config.zones.discovery.as_mut().unwrap().query.status = None;
+    config.zones.configured = vec![ConfiguredZone {
+        zone: ZoneRef::Name("calm.example.com".to_owned()),
+        expect: Some(Expectation::Off),
+    }];
+    config.alerting.enforce_grace = Some(Duration::from_millis(200));
+    let exporter = Exporter::start(config).await;
+    let m = exporter
+        .scrape_until("a few cycles", |m| {
+            m.value("argo_poll_cycles_total", &[]).unwrap_or(0.0) >= 5.0
+        })
+        .await;
+    exporter.stop().await;
+
+    assert_eq!(m.zone_value("argo_enabled", &id), Some(0.0), "{}", m.text);
+    assert_eq!(m.zone_value("argo_expected_enabled", &id), Some(0.0));
+    assert_eq!(
+        m.value("argo_zones", &[("source", "configured")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.value("argo_zones", &[("source", "discovered")]),
+        Some(0.0)
+    );
+    let requests = api.received_requests().await.unwrap_or_default();
+    assert!(
+        !requests.iter().any(|r| r.method.as_str() == "PATCH"),
+        "--enforce changed a zone expected off"
+    );
 }
