@@ -397,6 +397,25 @@ async fn a_required_client_certificate_admits_only_clients_of_the_ca() {
         .await
         .unwrap();
     assert_eq!(again.status(), 200);
+
+    // healthcheck has no client certificate: it says so instead of blaming
+    // the exporter's health on a refused handshake.
+    let address = exporter.address.to_string();
+    let web_config = tls.dir.path().join("web.yml");
+    let healthcheck = tokio::task::spawn_blocking(move || {
+        Command::new(BINARY)
+            .args(["healthcheck", "--web.listen-address", &address])
+            .arg("--web.config.file")
+            .arg(&web_config)
+            .env_clear()
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let said = String::from_utf8_lossy(&healthcheck.stderr);
+    assert_eq!(healthcheck.status.code(), Some(1), "{said}");
+    assert!(said.contains("RequireAndVerifyClientCert"), "{said}");
     exporter.stop().await;
 }
 
