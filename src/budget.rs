@@ -19,6 +19,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::warn;
 
 /// A request allowance: at most `count` requests per `duration`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,8 +97,9 @@ impl fmt::Display for RateLimit {
 const MAX_COUNT: u32 = 1_000_000;
 
 /// The longest pause any header can impose. Cloudflare blocks for at most
-/// five minutes; a larger value is a bug on the way, not a reason to stop.
-const MAX_PAUSE: Duration = Duration::from_secs(15 * 60);
+/// five minutes; a larger value is a bug on the way, not a reason to stop
+/// watching for longer (if the block lasts, the next 429 pauses again).
+pub const MAX_PAUSE: Duration = Duration::from_secs(5 * 60);
 
 /// The window is enforced this much longer than configured, so that network
 /// latency cannot fit one request too many into Cloudflare's own count.
@@ -176,12 +178,17 @@ impl Budget {
     }
 
     /// Stops every request until `delay` from now (a 429's `Retry-After`).
-    pub fn pause_for(&self, delay: Duration) {
-        let until = Instant::now() + delay.min(MAX_PAUSE);
+    /// Returns whether this starts a pause (none was in force), so the
+    /// caller can say so once rather than for every request caught in it.
+    pub fn pause_for(&self, delay: Duration) -> bool {
+        let now = Instant::now();
+        let until = now + delay.min(MAX_PAUSE);
         let mut state = self.lock();
+        let started = state.paused_until.is_none_or(|current| current <= now);
         if state.paused_until.is_none_or(|current| current < until) {
             state.paused_until = Some(until);
         }
+        started
     }
 
     /// Reads Cloudflare's `Ratelimit` header (`"default";r=50;t=30`: 50
@@ -196,7 +203,13 @@ impl Budget {
         };
         let reset = reset.min(MAX_PAUSE);
         if remaining == 0 {
-            self.pause_for(reset);
+            if self.pause_for(reset) {
+                warn!(
+                    pause = %humantime::format_duration(reset),
+                    "Cloudflare's Ratelimit header says the allowance is used up; pausing every \
+                     request until it resets"
+                );
+            }
             return;
         }
         let spacing = reset / remaining;
@@ -345,6 +358,21 @@ mod tests {
         budget.acquire().await;
         // It waits for the first of the four to leave the window (plus margin).
         assert_eq!(start.elapsed(), Duration::from_millis(1020));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_first_of_overlapping_pauses_starts_one() {
+        let budget = Budget::new("10/1s".parse().unwrap());
+        assert!(budget.pause_for(Duration::from_secs(5)));
+        assert!(
+            !budget.pause_for(Duration::from_secs(8)),
+            "extends the pause in force"
+        );
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(
+            budget.pause_for(Duration::from_secs(1)),
+            "the first pause is over"
+        );
     }
 
     #[tokio::test(start_paused = true)]

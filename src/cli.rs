@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use regex::Regex;
@@ -244,7 +245,11 @@ pub struct AlertingArgs {
 
     /// Turn Argo back on, through the API, on a zone expected on that is
     /// found off and editable, once it has been off for --enforce.grace.
-    #[arg(long = "enforce", env = "ARGO_EXPORTER_ENFORCE")]
+    #[arg(
+        long = "enforce",
+        env = "ARGO_EXPORTER_ENFORCE",
+        value_parser = BoolishValueParser::new()
+    )]
     pub enforce: bool,
 
     /// How long a zone must stay off before --enforce turns it back on, and
@@ -262,7 +267,11 @@ pub struct AlertingArgs {
 #[derive(Debug, Args)]
 pub struct DiscoveryArgs {
     /// Watch every zone the token can list, besides any --zone.
-    #[arg(long = "zones.discover", env = "ARGO_EXPORTER_ZONES_DISCOVER")]
+    #[arg(
+        long = "zones.discover",
+        env = "ARGO_EXPORTER_ZONES_DISCOVER",
+        value_parser = BoolishValueParser::new()
+    )]
     pub discover: bool,
 
     /// Discover only the zones of this account (its 32-character ID).
@@ -437,7 +446,14 @@ pub enum LogFormat {
 }
 
 fn parse_regex(text: &str) -> Result<Regex, String> {
-    Regex::new(text).map_err(|err| err.to_string())
+    // The regex crate draws the pattern with a caret under the fault over
+    // several lines; its last line says what the fault is.
+    Regex::new(text).map_err(|err| {
+        let message = err.to_string();
+        let reason = message.lines().last().unwrap_or_default();
+        let reason = reason.strip_prefix("error: ").unwrap_or(reason);
+        format!("not a regular expression: {reason}")
+    })
 }
 
 fn parse_account_id(text: &str) -> Result<String, String> {

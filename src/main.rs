@@ -35,7 +35,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(err) => {
-            let message = first_line(&err.render().to_string()).to_owned();
+            let message = one_line(&err.render().to_string());
             return usage_error(message + &env_origin(&err));
         }
     };
@@ -218,9 +218,17 @@ fn env_origin(err: &clap::Error) -> String {
     }
 }
 
-fn first_line(text: &str) -> &str {
-    let line = text.lines().next().unwrap_or(text);
-    line.strip_prefix("error: ").unwrap_or(line)
+/// Clap's message as one line: its first paragraph (the error and, for a
+/// fixed set of values, the values allowed), without the usage and help
+/// hints that follow.
+fn one_line(text: &str) -> String {
+    let paragraph: Vec<&str> = text
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let joined = paragraph.join(" ");
+    joined.strip_prefix("error: ").unwrap_or(&joined).to_owned()
 }
 
 /// Completes on SIGINT or SIGTERM.

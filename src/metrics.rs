@@ -229,6 +229,11 @@ impl ApiMetrics {
         self.retries.with_label_values(&[endpoint.as_str()]).inc();
     }
 
+    /// Seconds requests have waited for the budget so far, summed.
+    pub fn budget_wait_seconds(&self) -> f64 {
+        self.budget_wait.get()
+    }
+
     pub fn observe_budget_wait(&self, waited: Duration) {
         if !waited.is_zero() {
             self.budget_wait.inc_by(waited.as_secs_f64());

@@ -210,6 +210,7 @@ impl Poller {
             let plan = self.plan(cycle == 0);
             cycle += 1;
             let started = Instant::now();
+            let waited_before = self.metrics.api.budget_wait_seconds();
             let span = info_span!("poll_cycle", cycle);
             let report = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -230,11 +231,20 @@ impl Poller {
             if took > plan.length {
                 poll.overruns.inc();
                 if !overrunning {
+                    // Summed over requests, so it can exceed the cycle's length;
+                    // half of it is enough to say where the time went.
+                    let waited = self.metrics.api.budget_wait_seconds() - waited_before;
+                    let hint = if waited >= took.as_secs_f64() / 2.0 {
+                        "requests waited for the API budget or a 429 pause \
+                         (see argo_rate_limit_wait_seconds_total)"
+                    } else {
+                        "answers were slow: raise --poll.concurrency or --poll.interval"
+                    };
                     warn!(
                         took = ?took,
                         cycle = ?plan.length,
-                        "poll cycle took longer than planned; the next one starts late \
-                         (raise --poll.concurrency or --poll.interval)"
+                        budget_wait_seconds = waited,
+                        "poll cycle took longer than planned; the next one starts late: {hint}"
                     );
                 }
                 overrunning = true;
@@ -386,11 +396,22 @@ fn plan_cycle(zones: usize, interval: Duration, budget_period: Duration) -> Cycl
             spacing: Duration::ZERO,
         };
     }
-    let zones = zones as f64;
+    // Compared in whole nanoseconds: in floating point, a count of zones the
+    // budget just covers could come out a hair over and stretch the cycle.
     let spread = interval.mul_f64(SPREAD_SHARE);
-    let spacing = (spread.div_f64(zones)).max(budget_period);
-    let length = interval.max(spacing.mul_f64(zones).div_f64(SPREAD_SHARE));
-    CyclePlan { length, spacing }
+    let zones_n = zones as u128;
+    if budget_period.as_nanos() * zones_n <= spread.as_nanos() {
+        let spacing = Duration::from_nanos((spread.as_nanos() / zones_n) as u64);
+        return CyclePlan {
+            length: interval,
+            spacing,
+        };
+    }
+    let needed = budget_period.mul_f64(zones as f64).div_f64(SPREAD_SHARE);
+    CyclePlan {
+        length: interval.max(needed),
+        spacing: budget_period,
+    }
 }
 
 fn round_to_millis(duration: Duration) -> Duration {
@@ -737,6 +758,7 @@ fn unix_now() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::RateLimit;
 
     const MINUTE: Duration = Duration::from_secs(60);
 
@@ -760,6 +782,19 @@ mod tests {
         // The planned request rate never exceeds the budget.
         let per_second = 1000.0 / (plan.length.as_secs_f64() * SPREAD_SHARE);
         assert!(per_second <= 1.0 / 0.3 + 1e-9);
+    }
+
+    #[test]
+    fn every_zone_count_the_budget_covers_fits_the_interval() {
+        // Regression: rounding stretched some counts up to 176 zones (the
+        // most 1000/5m covers at 60 s) to 60.00000008 s, with a warning.
+        let period = "1000/5m".parse::<RateLimit>().unwrap().period();
+        for zones in 1..=176 {
+            let plan = plan_cycle(zones, MINUTE, period);
+            assert_eq!(plan.length, MINUTE, "{zones} zones");
+            assert!(plan.spacing >= period, "{zones} zones: {plan:?}");
+        }
+        assert!(plan_cycle(177, MINUTE, period).length > MINUTE);
     }
 
     #[test]

@@ -110,6 +110,14 @@ async fn a_429_stops_all_traffic_for_its_retry_after() {
         .value("argo_rate_limit_wait_seconds_total", &[])
         .unwrap_or(0.0);
     assert!(waited >= 4.0, "waited {waited} s in all");
+    // Said once, when the pause began, with how long it lasts.
+    let said = log_lines_with("pausing every request");
+    assert_eq!(said.len(), 1, "{said:#?}");
+    assert!(
+        said[0].contains("level=warn") && said[0].contains("pause=5s"),
+        "{}",
+        said[0]
+    );
     exporter.stop().await;
 
     // Requests already on the wire when the 429 was sent may still arrive

@@ -12,7 +12,7 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::Method;
 use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
-use tracing::debug;
+use tracing::{debug, warn};
 use url::Url;
 
 pub use wire::{
@@ -20,7 +20,7 @@ pub use wire::{
     SmartRouting, TokenStatus, Zone,
 };
 
-use crate::budget::Budget;
+use crate::budget::{Budget, MAX_PAUSE};
 use crate::config::{ApiConfig, Credentials, ZoneId};
 use crate::metrics::ApiMetrics;
 
@@ -318,8 +318,19 @@ impl Client {
         if let Err(err) = &result {
             self.metrics.observe_error(endpoint, err.kind());
             if err.kind() == ErrorKind::RateLimited {
-                self.budget
-                    .pause_for(err.retry_after().unwrap_or(DEFAULT_RATE_LIMIT_PAUSE));
+                let pause = err
+                    .retry_after()
+                    .unwrap_or(DEFAULT_RATE_LIMIT_PAUSE)
+                    .min(MAX_PAUSE);
+                if self.budget.pause_for(pause) {
+                    warn!(
+                        endpoint = endpoint.as_str(),
+                        retry_after = err.retry_after().map(|d| d.as_secs()),
+                        pause = %humantime::format_duration(pause),
+                        "Cloudflare answered 429 (rate limited): pausing every request; the \
+                         user's allowance is shared with the dashboard and other tools"
+                    );
+                }
             }
         }
         result
