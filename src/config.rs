@@ -160,7 +160,7 @@ pub enum ConfigError {
          or --zones.discover"
     )]
     NoZones,
-    #[error("--alertmanager.url: {url:?} {reason}")]
+    #[error("--alertmanager.url: {url:?}: {reason}")]
     AlertmanagerUrl { url: String, reason: String },
     #[error("--shard.index: {index} is not below --shard.count {count} (shards count from 0)")]
     Shard { index: u32, count: u32 },
@@ -177,7 +177,7 @@ pub enum ConfigError {
     NoCredentials,
     #[error("{0}")]
     ConflictingCredentials(&'static str),
-    #[error("CLOUDFLARE_EMAIL and CLOUDFLARE_API_KEY go together: {missing} is not set")]
+    #[error("CLOUDFLARE_EMAIL and CLOUDFLARE_API_KEY go together: {missing} is not set or empty")]
     IncompleteGlobalKey { missing: &'static str },
     #[error("--cloudflare.api-token-file: cannot read {path}: {source}")]
     TokenFile {
@@ -195,10 +195,8 @@ pub enum ConfigError {
         address: String,
         reason: &'static str,
     },
-    #[error(
-        "--web.telemetry-path: {path:?} must start with '/' and not be one of / /healthz /readyz"
-    )]
-    TelemetryPath { path: String },
+    #[error("--web.telemetry-path: {path:?} {reason}")]
+    TelemetryPath { path: String, reason: &'static str },
 }
 
 impl Config {
@@ -287,18 +285,26 @@ impl AlertingConfig {
     }
 }
 
+/// A URL as it may be shown in an error: without the user name and password
+/// (either may be a credential, such as a token pasted in the wrong place),
+/// even when the text does not parse as a URL.
+fn shown_url(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => text.to_owned(),
+    }
+}
+
 fn parse_alertmanager_url(text: &str) -> Result<Url, ConfigError> {
-    let mut url = Url::parse(text).map_err(|err| ConfigError::AlertmanagerUrl {
-        url: text.to_owned(),
-        reason: err.to_string(),
-    })?;
-    // The URL is echoed in errors: never with a password in it.
-    let mut shown = url.clone();
-    let _ = shown.set_password(None);
     let invalid = |reason: &str| ConfigError::AlertmanagerUrl {
-        url: shown.to_string(),
+        url: shown_url(text),
         reason: reason.to_owned(),
     };
+    let mut url = Url::parse(text).map_err(|err| invalid(&err.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
         return Err(invalid("it must be an http(s) URL"));
     }
@@ -456,20 +462,11 @@ fn secret(value: String, origin: &str) -> Result<SecretString, ConfigError> {
 }
 
 fn parse_api_url(text: &str) -> Result<Url, ConfigError> {
-    let mut url = Url::parse(text).map_err(|err| ConfigError::ApiUrl {
-        url: text.to_owned(),
-        reason: err.to_string(),
-    })?;
-    // The URL is echoed in errors and logs: never with a password in it.
-    let shown = {
-        let mut shown = url.clone();
-        let _ = shown.set_password(None);
-        shown.to_string()
-    };
     let invalid = |reason: String| ConfigError::ApiUrl {
-        url: shown.clone(),
+        url: shown_url(text),
         reason,
     };
+    let mut url = Url::parse(text).map_err(|err| invalid(err.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(invalid(format!(
             "scheme {:?} is not supported",
@@ -507,7 +504,7 @@ fn parse_api_url(text: &str) -> Result<Url, ConfigError> {
 
 /// Accepts `HOST:PORT`, `[V6]:PORT`, or `:PORT` (all interfaces, as in the Go
 /// exporters), and returns an address `TcpListener::bind` understands.
-fn parse_listen_address(text: &str) -> Result<String, ConfigError> {
+pub fn parse_listen_address(text: &str) -> Result<String, ConfigError> {
     let invalid = |reason| ConfigError::ListenAddress {
         address: text.to_owned(),
         reason,
@@ -539,15 +536,24 @@ fn parse_listen_address(text: &str) -> Result<String, ConfigError> {
 }
 
 fn parse_telemetry_path(path: &str) -> Result<String, ConfigError> {
-    let reserved = ["/", "/healthz", "/readyz"];
+    let invalid = |reason| ConfigError::TelemetryPath {
+        path: path.to_owned(),
+        reason,
+    };
+    if !path.starts_with('/') {
+        return Err(invalid("must start with '/'"));
+    }
+    if ["/", "/healthz", "/readyz"].contains(&path) {
+        return Err(invalid("is taken by the landing page or a probe"));
+    }
     // Requests arrive percent-encoded; plain characters compare as written.
     let plain = path
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b));
-    if !path.starts_with('/') || reserved.contains(&path) || !plain {
-        return Err(ConfigError::TelemetryPath {
-            path: path.to_owned(),
-        });
+    if !plain {
+        return Err(invalid(
+            "may hold only letters, digits, '/', '-', '.', '_' and '~'",
+        ));
     }
     Ok(path.to_owned())
 }
@@ -879,11 +885,32 @@ mod tests {
     }
 
     #[test]
+    fn credentials_in_a_url_are_never_shown() {
+        // Regression: a token pasted as the user name was echoed back.
+        for text in [
+            "https://SECRET-TOKEN@api.example.com/client/v4",
+            "https://user:SECRET-TOKEN@api.example.com/",
+            "http://user:SECRET-TOKEN@[not-an-address/",
+        ] {
+            for err in [
+                parse_api_url(text).unwrap_err().to_string(),
+                parse_alertmanager_url(text).unwrap_err().to_string(),
+            ] {
+                assert!(!err.contains("SECRET-TOKEN"), "{err}");
+            }
+        }
+        assert_eq!(shown_url("https://a:b@host:1/x@y"), "https://host:1/x@y");
+        assert_eq!(shown_url("no scheme@here"), "no scheme@here");
+    }
+
+    #[test]
     fn telemetry_path_must_not_shadow_other_endpoints() {
         assert!(parse_telemetry_path("/metrics").is_ok());
         assert!(parse_telemetry_path("/probe/metrics").is_ok());
         for bad in ["metrics", "/", "/healthz", "/readyz"] {
             assert!(parse_telemetry_path(bad).is_err(), "{bad}");
         }
+        let err = parse_telemetry_path("/a b").unwrap_err().to_string();
+        assert!(err.contains("may hold only letters"), "{err}");
     }
 }

@@ -17,7 +17,7 @@ use cloudflare_argo_exporter::cli::{
 use cloudflare_argo_exporter::cloudflare::ArgoValue;
 use cloudflare_argo_exporter::commands;
 use cloudflare_argo_exporter::config::{
-    AlertingConfig, ApiConfig, Config, LogConfig, PollConfig, WebConfig,
+    parse_listen_address, AlertingConfig, ApiConfig, Config, LogConfig, PollConfig, WebConfig,
 };
 use cloudflare_argo_exporter::simulator::{Simulator, BASE_PATH};
 use cloudflare_argo_exporter::zones::ZoneSources;
@@ -57,9 +57,9 @@ fn main() -> ExitCode {
 
 async fn exporter(args: ExporterArgs) -> ExitCode {
     logging::init(LogConfig::from(&args.log));
-    let config = match Config::from_args(&args, |name| std::env::var(name).ok()) {
+    let config = match Config::from_args(&args, env_var) {
         Ok(config) => config,
-        Err(err) => return usage_error(err.to_string()),
+        Err(err) => return config_error(err),
     };
     let listener = match bind(&config.web.listen_address).await {
         Ok(listener) => listener,
@@ -72,11 +72,11 @@ async fn demo(args: DemoArgs) -> ExitCode {
     logging::init(LogConfig::from(&args.log));
     let web = match WebConfig::from_args(&args.web) {
         Ok(web) => web,
-        Err(err) => return usage_error(err.to_string()),
+        Err(err) => return config_error(err),
     };
     let alerting = match AlertingConfig::from_args(&args.alerting) {
         Ok(alerting) => alerting,
-        Err(err) => return usage_error(err.to_string()),
+        Err(err) => return config_error(err),
     };
     let poll = PollConfig::from(&args.poll);
     let listener = match bind(&web.listen_address).await {
@@ -89,13 +89,13 @@ async fn demo(args: DemoArgs) -> ExitCode {
 /// `status` (prints every zone) and `check` (also sets the exit code).
 async fn status(args: StatusArgs, check: bool) -> ExitCode {
     logging::init(LogConfig::from(&args.log));
-    let env = |name: &str| std::env::var(name).ok();
+    let env = env_var;
     let (sources, api) = match (
         ZoneSources::from_args(&args.sources),
         ApiConfig::from_args(&args.api, env),
     ) {
         (Ok(sources), Ok(api)) => (sources, api),
-        (Err(err), _) | (_, Err(err)) => return usage_error(err.to_string()),
+        (Err(err), _) | (_, Err(err)) => return config_error(err),
     };
     let client = match commands::client(&api) {
         Ok(client) => client,
@@ -120,7 +120,7 @@ async fn status(args: StatusArgs, check: bool) -> ExitCode {
 async fn healthcheck(args: HealthcheckArgs) -> ExitCode {
     let web = match WebConfig::from_args(&args.web) {
         Ok(web) => web,
-        Err(err) => return usage_error(err.to_string()),
+        Err(err) => return config_error(err),
     };
     match commands::healthcheck(&web).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -131,9 +131,9 @@ async fn healthcheck(args: HealthcheckArgs) -> ExitCode {
 /// `enable` and `disable`.
 async fn change(args: ChangeArgs, value: ArgoValue) -> ExitCode {
     logging::init(LogConfig::from(&args.log));
-    let api = match ApiConfig::from_args(&args.api, |name| std::env::var(name).ok()) {
+    let api = match ApiConfig::from_args(&args.api, env_var) {
         Ok(api) => api,
-        Err(err) => return usage_error(err.to_string()),
+        Err(err) => return config_error(err),
     };
     let client = match commands::client(&api) {
         Ok(client) => client,
@@ -144,7 +144,11 @@ async fn change(args: ChangeArgs, value: ArgoValue) -> ExitCode {
 
 async fn simulate(args: SimulateArgs) -> ExitCode {
     logging::init(LogConfig::from(&args.log));
-    let listener = match bind(&args.listen_address).await {
+    let address = match parse_listen_address(&args.listen_address) {
+        Ok(address) => address,
+        Err(err) => return config_error(err),
+    };
+    let listener = match bind(&address).await {
         Ok(listener) => listener,
         Err(code) => return code,
     };
@@ -196,26 +200,48 @@ fn env_origin(err: &clap::Error) -> String {
     let Some(ContextValue::String(shown)) = err.get(ContextKind::InvalidArg) else {
         return String::new();
     };
-    let long = shown.split_whitespace().next().unwrap_or_default();
+    origin_of(shown.split_whitespace().next().unwrap_or_default())
+}
+
+/// " (from VARIABLE)" when `--flag` was not on the command line but its
+/// environment variable is set.
+fn origin_of(long: &str) -> String {
     let on_command_line = std::env::args_os().any(|arg| {
         let arg = arg.to_string_lossy();
         arg == long || arg.starts_with(&format!("{long}="))
     });
-    let variable = Cli::command()
+    if on_command_line {
+        return String::new();
+    }
+    let command = Cli::command();
+    let variable = command
         .get_subcommands()
-        .flat_map(|sub| sub.get_arguments().cloned().collect::<Vec<_>>())
-        .chain(Cli::command().get_arguments().cloned())
+        .flat_map(|sub| sub.get_arguments())
+        .chain(command.get_arguments())
         .find(|arg| {
             arg.get_long()
-                .is_some_and(|name| long == format!("--{name}"))
+                .is_some_and(|name| long.strip_prefix("--") == Some(name))
         })
         .and_then(|arg| arg.get_env().map(|env| env.to_string_lossy().into_owned()));
     match variable {
-        Some(variable) if !on_command_line && std::env::var_os(&variable).is_some() => {
+        Some(variable) if std::env::var_os(&variable).is_some() => {
             format!(" (from {variable})")
         }
         _ => String::new(),
     }
+}
+
+/// A configuration error, with where its value came from when the message
+/// names a flag whose value was set through its environment variable.
+fn config_error(err: impl std::fmt::Display) -> ExitCode {
+    let message = err.to_string();
+    let flag = message
+        .split(':')
+        .next()
+        .filter(|head| head.starts_with("--") && !head.contains(' '))
+        .map(origin_of)
+        .unwrap_or_default();
+    usage_error(message + &flag)
 }
 
 /// Clap's message as one line: its first paragraph (the error and, for a
@@ -229,6 +255,13 @@ fn one_line(text: &str) -> String {
         .collect();
     let joined = paragraph.join(" ");
     joined.strip_prefix("error: ").unwrap_or(&joined).to_owned()
+}
+
+/// An environment variable for the configuration. One that is not UTF-8 is
+/// passed on with its odd bytes replaced, so it is refused for what it holds
+/// rather than taken for unset.
+fn env_var(name: &str) -> Option<String> {
+    std::env::var_os(name).map(|value| value.to_string_lossy().into_owned())
 }
 
 /// Completes on SIGINT or SIGTERM.
