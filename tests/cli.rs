@@ -211,6 +211,19 @@ async fn secrets_never_reach_the_logs() {
 }
 
 #[tokio::test]
+async fn secrets_echoed_by_the_api_never_reach_the_logs() {
+    // A proxy or an error message that quotes the request must not carry the
+    // token into the logs.
+    let token = "tok-ECHOED-BY-A-PROXY";
+    let echo = ResponseTemplate::new(200)
+        .set_body_json(failure_body(1000, &format!("bad header Bearer {token}")));
+    let env = [("CLOUDFLARE_API_TOKEN", token)];
+    let logs = stderr(&logs_of_a_run(echo, &[ZONE_A], "logfmt", &env).await);
+    assert!(logs.contains("bad header Bearer [redacted]"), "{logs}");
+    assert!(!logs.contains(token), "the token was logged:\n{logs}");
+}
+
+#[tokio::test]
 async fn secrets_from_a_token_file_never_reach_the_logs() {
     let token = "file-tok-SHOULD-NEVER-BE-LOGGED";
     let mut file = tempfile::NamedTempFile::new().unwrap();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::Method;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
 use url::Url;
@@ -120,6 +120,8 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// The credentials, to scrub from any answer that echoes them.
+    secrets: Arc<[SecretString]>,
     base_url: Url,
     timeout: Duration,
     retry: RetryPolicy,
@@ -145,8 +147,13 @@ impl Client {
             // another host (reqwest drops only `Authorization` on the way).
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
+        let secrets: Arc<[SecretString]> = match &config.credentials {
+            Credentials::Token(token) => Arc::new([token.clone()]),
+            Credentials::GlobalKey { key, .. } => Arc::new([key.clone()]),
+        };
         Ok(Self {
             http,
+            secrets,
             base_url: config.base_url.clone(),
             timeout: config.timeout,
             retry: config.retry,
@@ -308,13 +315,18 @@ impl Client {
         self.metrics
             .observe_request(endpoint, status, started.elapsed().as_secs_f64());
 
-        let result = outcome.and_then(|answer| {
+        let mut result = outcome.and_then(|answer| {
             if let Some(ratelimit) = &answer.ratelimit {
                 self.budget
                     .observe_ratelimit_header(ratelimit, answer.ratelimit_policy.as_deref());
             }
             interpret_with_info(answer.status, answer.retry_after, &answer.body)
         });
+        if let Err(err) = &mut result {
+            for secret in self.secrets.iter() {
+                err.redact(secret.expose_secret());
+            }
+        }
         if let Err(err) = &result {
             self.metrics.observe_error(endpoint, err.kind());
             if err.kind() == ErrorKind::RateLimited {

@@ -41,8 +41,27 @@ pub struct SmartRouting {
     pub value: ArgoValue,
     pub editable: bool,
     /// RFC 3339 time of the last change; Cloudflare may omit it or send null.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "text_of_any",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub modified_on: Option<String>,
+}
+
+/// A string as it is, null as none, and any other JSON value as its JSON
+/// text: a `modified_on` that is not a time at all (a number, say) then fails
+/// to parse later and drops only its own series, not the whole answer.
+fn text_of_any<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    Ok(
+        match Option::<serde_json::Value>::deserialize(deserializer)? {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(text)) => Some(text),
+            Some(other) => Some(other.to_string()),
+        },
+    )
 }
 
 impl SmartRouting {
@@ -251,6 +270,25 @@ impl ApiError {
         }
     }
 
+    /// Replaces `secret` wherever the answer echoed it (a proxy's error page,
+    /// a message quoting the request), so it cannot reach the logs.
+    pub fn redact(&mut self, secret: &str) {
+        let scrub = |text: &mut String| {
+            if !secret.is_empty() && text.contains(secret) {
+                *text = text.replace(secret, "[redacted]");
+            }
+        };
+        match self {
+            Self::Refused { errors, .. } => {
+                for error in errors {
+                    scrub(&mut error.message);
+                }
+            }
+            Self::Connect { reason } | Self::Decode { reason, .. } => scrub(reason),
+            Self::Timeout { .. } | Self::Status { .. } => {}
+        }
+    }
+
     /// The first Cloudflare error code of the answer, if it had one.
     pub fn cloudflare_code(&self) -> Option<i64> {
         match self {
@@ -426,6 +464,17 @@ mod tests {
         let setting = smart_routing(body).unwrap();
         assert_eq!(setting.value, ArgoValue::On);
         assert!(setting.modified_at().is_err());
+
+        // Regression: a modified_on that was not a string failed the whole poll.
+        for odd in ["1704974400", "true", "{\"at\":1}", "[]"] {
+            let body = format!(
+                r#"{{"result":{{"id":"smart_routing","value":"off","editable":true,
+                "modified_on":{odd}}},"success":true,"errors":[],"messages":[]}}"#
+            );
+            let setting = smart_routing(&body).unwrap();
+            assert_eq!(setting.value, ArgoValue::Off, "{odd}");
+            assert!(setting.modified_at().is_err(), "{odd}");
+        }
     }
 
     #[test]
