@@ -100,15 +100,15 @@ pub async fn survey(client: &Client, sources: &ZoneSources) -> Vec<ZoneReport> {
     let mut reports: Vec<ZoneReport> = tracker
         .unresolved_names()
         .into_iter()
-        .map(|name| ZoneReport {
+        .map(|unresolved| ZoneReport {
             zone_id: String::new(),
-            zone_name: name,
+            zone_name: unresolved.name,
             value: None,
             editable: None,
             modified_on: None,
-            expected: sources.default_expect.as_str(),
+            expected: unresolved.expect.as_str(),
             verdict: Verdict::Unreadable,
-            error: Some("no zone of that name is visible to the token".to_owned()),
+            error: Some(unresolved.reason),
         })
         .collect();
     let read = stream::iter(zones.iter())

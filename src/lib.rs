@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 
 use crate::alerting::{AlertBoard, Notifier};
 use crate::budget::Budget;
-use crate::cloudflare::{Client, ClientError};
+use crate::cloudflare::{Client, ClientError, Endpoint, ErrorKind};
 use crate::config::{Config, Credentials};
 use crate::metrics::Metrics;
 use crate::poller::{Actions, Poller, Readiness};
@@ -161,9 +161,20 @@ async fn check_token(client: Client, metrics: Metrics) {
             let expires = token
                 .expires_on
                 .as_deref()
-                .and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok());
-            if let Some(expires) = expires {
-                metrics.set_token_expiry(expires.timestamp() as f64);
+                .map(chrono::DateTime::parse_from_rfc3339);
+            match expires {
+                Some(Ok(expires)) => metrics.set_token_expiry(expires.timestamp() as f64),
+                Some(Err(err)) => {
+                    metrics
+                        .api
+                        .observe_error(Endpoint::TokenVerify, ErrorKind::Decode);
+                    warn!(
+                        expires_on = token.expires_on.as_deref(),
+                        error = %err,
+                        "the token's expires_on is not an RFC 3339 time; its expiry is not exported"
+                    );
+                }
+                None => {}
             }
             if token.status == "active" {
                 info!(status = %token.status, expires_on = token.expires_on.as_deref(), "API token verified");

@@ -2,7 +2,7 @@
 //! discovered through the API. A background task keeps the list current and
 //! hands each new version to the poller.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -30,12 +30,16 @@ pub enum ZoneRef {
 impl FromStr for ZoneRef {
     type Err = String;
 
+    /// Surrounding spaces (`a, b` in a variable) and a name's final dot (the
+    /// DNS root, which Cloudflare's zone names never carry) are dropped.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
         if let Ok(id) = text.parse::<ZoneId>() {
             return Ok(Self::Id(id));
         }
         if is_domain_name(text) {
-            return Ok(Self::Name(text.to_ascii_lowercase()));
+            let name = text.strip_suffix('.').unwrap_or(text);
+            return Ok(Self::Name(name.to_ascii_lowercase()));
         }
         Err(format!(
             "{text:?} is neither a zone ID (32 lowercase hexadecimal characters) nor a \
@@ -56,7 +60,7 @@ impl fmt::Display for ZoneRef {
 /// A plausible DNS zone name: at least two labels of letters, digits and
 /// inner hyphens, 253 characters at most.
 fn is_domain_name(text: &str) -> bool {
-    let labels: Vec<&str> = text.trim_end_matches('.').split('.').collect();
+    let labels: Vec<&str> = text.strip_suffix('.').unwrap_or(text).split('.').collect();
     text.len() <= 253
         && labels.len() >= 2
         && labels.iter().all(|label| {
@@ -221,6 +225,14 @@ impl ZoneSources {
     }
 }
 
+/// A configured zone name that no zone answers to, as `status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnresolvedName {
+    pub name: String,
+    pub expect: Expectation,
+    pub reason: String,
+}
+
 /// Keeps the set of watched zones current: resolves configured names and
 /// re-runs discovery every refresh interval.
 pub struct ZoneTracker {
@@ -234,10 +246,14 @@ pub struct ZoneTracker {
     /// every round, so a zone deleted and created anew under the same name is
     /// followed to its new ID; while a lookup fails, the last answer stands.
     resolved: BTreeMap<String, Zone>,
-    /// Names whose last lookup failed, so each failure is warned about once.
-    failing_names: BTreeSet<String>,
+    /// Names whose last lookup failed, with why, so each failure is warned
+    /// about once and `status` can say why a name is unresolved.
+    failing_names: BTreeMap<String, String>,
     /// The last successful discovery, kept while the API is failing.
     discovered: Vec<Zone>,
+    /// How many listed zones had unusable IDs last time, so that is warned
+    /// about when it changes rather than at every refresh.
+    malformed_ids: usize,
     /// Whether the last discovery failed, so a failure is warned about once.
     discovery_failing: bool,
     /// Whether a round has been published yet.
@@ -256,8 +272,9 @@ impl ZoneTracker {
             default_expect: sources.default_expect,
             shard: sources.shard,
             resolved: BTreeMap::new(),
-            failing_names: BTreeSet::new(),
+            failing_names: BTreeMap::new(),
             discovered: Vec::new(),
+            malformed_ids: 0,
             discovery_failing: false,
             published_once: false,
             sender: watch::channel(ZoneSet::default()).0,
@@ -317,7 +334,8 @@ impl ZoneTracker {
                     self.resolved.insert(name, zone);
                 }
                 Ok(None) => {
-                    if self.failing_names.insert(name.clone()) {
+                    let reason = "no zone of that name is visible to the token".to_owned();
+                    if self.failing_names.insert(name.clone(), reason).is_none() {
                         warn!(
                             zone_name = %name,
                             still_watching = before.as_deref(),
@@ -327,7 +345,8 @@ impl ZoneTracker {
                     complete = false;
                 }
                 Err(err) => {
-                    if self.failing_names.insert(name.clone()) {
+                    let reason = format!("cannot look the name up ({}): {err}", err.kind());
+                    if self.failing_names.insert(name.clone(), reason).is_none() {
                         warn!(
                             zone_name = %name,
                             kind = %err.kind(),
@@ -348,7 +367,19 @@ impl ZoneTracker {
                 Ok(zones) => {
                     let listed = zones.len();
                     let before = self.discovered.len();
-                    self.discovered = zones
+                    let (usable, malformed): (Vec<Zone>, Vec<Zone>) = zones
+                        .into_iter()
+                        .partition(|zone| zone.id.parse::<ZoneId>().is_ok());
+                    if !malformed.is_empty() && malformed.len() != self.malformed_ids {
+                        warn!(
+                            malformed = malformed.len(),
+                            example = %malformed[0].id,
+                            "the zone list holds IDs that are not 32 hexadecimal characters; \
+                             skipping those zones"
+                        );
+                    }
+                    self.malformed_ids = malformed.len();
+                    self.discovered = usable
                         .into_iter()
                         .filter(|zone| discovery.keeps(&zone.name))
                         .collect();
@@ -405,12 +436,20 @@ impl ZoneTracker {
             .collect()
     }
 
-    /// Configured names that have not resolved to a zone (yet).
-    pub fn unresolved_names(&self) -> Vec<String> {
+    /// Configured names that have not resolved to a zone (yet), with why.
+    pub fn unresolved_names(&self) -> Vec<UnresolvedName> {
         self.configured
             .iter()
             .filter_map(|configured| match &configured.zone {
-                ZoneRef::Name(name) if !self.resolved.contains_key(name) => Some(name.clone()),
+                ZoneRef::Name(name) if !self.resolved.contains_key(name) => Some(UnresolvedName {
+                    name: name.clone(),
+                    expect: configured.expect.unwrap_or(self.default_expect),
+                    reason: self
+                        .failing_names
+                        .get(name)
+                        .cloned()
+                        .unwrap_or_else(|| "not looked up yet".to_owned()),
+                }),
                 _ => None,
             })
             .collect()
@@ -498,6 +537,13 @@ mod tests {
             Ok(ZoneRef::Name("example.com".to_owned()))
         );
         assert!("shop.example.co.uk".parse::<ZoneRef>().is_ok());
+        // Regression: a final dot was kept, and the name never resolved.
+        assert_eq!(
+            "example.com.".parse::<ZoneRef>(),
+            Ok(ZoneRef::Name("example.com".to_owned()))
+        );
+        assert_eq!(" example.com".parse::<ZoneRef>(), "example.com".parse());
+        assert_eq!(format!(" {id}").parse::<ZoneRef>(), id.parse());
         for bad in [
             "",
             "localhost",

@@ -208,3 +208,33 @@ async fn disable_takes_zone_names_and_reports_the_worst_outcome() {
     let missing = run(&url, &["disable"]).await;
     assert_eq!(missing.status.code(), Some(64));
 }
+
+#[tokio::test]
+async fn status_says_why_a_zone_name_could_not_be_resolved() {
+    // Regression: every failed name lookup read "no zone of that name is
+    // visible to the token", even when the API could not be reached at all.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/client/v4", closed.local_addr().unwrap());
+    drop(closed);
+    let output = run(
+        &url,
+        &["check", "--zone", "on.example.com", "--output", "json"],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(2));
+    let reports: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let error = reports[0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("(connect)"), "{reports}");
+
+    let simulator = simulator();
+    let url = common::serve_simulator(&simulator).await;
+    let output = run(
+        &url,
+        &["check", "--zone", "typo.example.com", "--output", "json"],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(2));
+    let reports: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let error = reports[0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("no zone of that name"), "{reports}");
+}

@@ -420,3 +420,78 @@ async fn a_configured_name_keeps_its_expectation_while_its_lookup_fails_and_disc
         "--enforce changed a zone expected off"
     );
 }
+
+#[tokio::test]
+async fn odd_values_in_the_token_check_and_zone_list_are_reported_not_ignored() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let good = numbered_id(0x600d);
+    let api = MockServer::start().await;
+    let verify = serde_json::json!({
+        "result": {"id": "t1", "status": "active", "expires_on": "garbage"},
+        "success": true, "errors": [], "messages": []
+    });
+    Mock::given(method("GET"))
+        .and(path("/user/tokens/verify"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(verify))
+        .mount(&api)
+        .await;
+    let listing = serde_json::json!({
+        "result": [
+            zone_body(&good, "good.example.com")["result"],
+            zone_body("../../../evil", "evil.example.com")["result"],
+            zone_body("ABCDEF", "upper.example.com")["result"],
+        ],
+        "result_info": {"page": 1, "per_page": 50, "count": 3, "total_count": 3, "total_pages": 1},
+        "success": true, "errors": [], "messages": []
+    });
+    Mock::given(method("GET"))
+        .and(path("/zones"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(listing))
+        .mount(&api)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/zones/{good}/argo/smart_routing")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(argo_body("on", true, None)))
+        .mount(&api)
+        .await;
+
+    let mut config = discover_config(&api.uri(), None, None);
+    config.zones.discovery.as_mut().unwrap().query.status = None;
+    let exporter = Exporter::start(config).await;
+    let m = exporter
+        .scrape_until("the good zone and the token check", |m| {
+            m.zone_value("argo_enabled", &good) == Some(1.0)
+                && m.errors("token_verify", "decode") == 1.0
+        })
+        .await;
+    eventually("three zone listings", || async {
+        let requests = api.received_requests().await.unwrap_or_default();
+        requests.iter().filter(|r| r.url.path() == "/zones").count() >= 3
+    })
+    .await;
+    exporter.stop().await;
+
+    assert!(
+        !m.has("argo_api_token_expiry_timestamp_seconds"),
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.value("argo_zones", &[("source", "discovered")]),
+        Some(1.0)
+    );
+    let expiry = log_lines_with("expires_on is not an RFC 3339 time");
+    assert!(
+        expiry.iter().any(|l| l.contains("level=warn")),
+        "{expiry:#?}"
+    );
+    let malformed = log_lines_with("IDs that are not 32 hexadecimal characters");
+    assert_eq!(
+        malformed.len(),
+        1,
+        "warned once over several refreshes: {malformed:#?}"
+    );
+    assert!(malformed[0].contains("malformed=2"), "{}", malformed[0]);
+}
