@@ -59,15 +59,16 @@ impl FromStr for RateLimit {
         let (count, duration) = text
             .split_once('/')
             .ok_or_else(|| format!("{text:?} is not COUNT/DURATION, e.g. 1000/5m"))?;
-        let count: u32 = count
+        let count: u128 = count
             .trim()
             .parse()
             .ok()
             .filter(|&count| count > 0)
             .ok_or_else(|| format!("{count:?} is not a whole number above zero"))?;
-        if count > MAX_COUNT {
-            return Err(format!("the count must be at most {MAX_COUNT}"));
-        }
+        let count = u32::try_from(count)
+            .ok()
+            .filter(|&count| count <= MAX_COUNT)
+            .ok_or_else(|| format!("the count must be at most {MAX_COUNT}"))?;
         let duration = humantime::parse_duration(duration.trim())
             .map_err(|err| format!("{duration:?} is not a duration: {err}"))?;
         if duration.is_zero() {

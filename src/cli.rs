@@ -413,9 +413,14 @@ pub struct DemoArgs {
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
-    /// Number of zones to simulate. Zone N (counting from 1) has the ID
-    /// `printf '%032x' N` and the name zone-N.example.com.
-    #[arg(long = "zones", value_name = "N", default_value_t = 100)]
+    /// Number of zones to simulate (at most 1,000,000). Zone N (counting
+    /// from 1) has the ID `printf '%032x' N` and the name zone-N.example.com.
+    #[arg(
+        long = "zones",
+        value_name = "N",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
     pub zones: u32,
 
     /// Address the simulator listens on.

@@ -57,21 +57,34 @@ impl TryFrom<RawZoneEntry> for ZoneEntry {
 }
 
 /// `on`, `off` or `any`; YAML 1.1 readers turn a bare on/off into a boolean,
-/// so `true` and `false` are taken to mean the same.
+/// so `true` and `false` are taken to mean the same. A visitor rather than
+/// an untagged enum, so a bad value is reported at its own line.
 fn expectation<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Expectation>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Flag(bool),
-        Word(String),
+    struct ExpectationVisitor;
+
+    impl serde::de::Visitor<'_> for ExpectationVisitor {
+        type Value = Expectation;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("on, off or any")
+        }
+
+        fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<Expectation, E> {
+            Ok(if on {
+                Expectation::On
+            } else {
+                Expectation::Off
+            })
+        }
+
+        fn visit_str<E: serde::de::Error>(self, word: &str) -> Result<Expectation, E> {
+            word.parse().map_err(E::custom)
+        }
     }
-    match Raw::deserialize(deserializer)? {
-        Raw::Flag(true) => Ok(Some(Expectation::On)),
-        Raw::Flag(false) => Ok(Some(Expectation::Off)),
-        Raw::Word(word) => word.parse().map(Some).map_err(D::Error::custom),
-    }
+
+    deserializer.deserialize_any(ExpectationVisitor).map(Some)
 }
 
 fn zone_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<ZoneId>, D::Error> {
@@ -112,12 +125,32 @@ impl ConfigFile {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        serde_yaml_ng::from_str(text).map_err(|err| match err.location() {
+        let file: Self = serde_yaml_ng::from_str(text).map_err(|err| match err.location() {
             Some(at) if !err.to_string().contains("line") => {
                 format!("line {}: {err}", at.line())
             }
             _ => err.to_string(),
-        })
+        })?;
+        file.refuse_duplicates()?;
+        Ok(file)
+    }
+
+    /// A zone listed twice is a mistake (which entry's `expect` was meant?).
+    fn refuse_duplicates(&self) -> Result<(), String> {
+        for (later, entry) in self.zones.iter().enumerate() {
+            if let Some(first) = self.zones[..later]
+                .iter()
+                .position(|e| e.zone == entry.zone)
+            {
+                return Err(format!(
+                    "zone {} is listed twice (zones {} and {}, counting from 1)",
+                    entry.zone,
+                    first + 1,
+                    later + 1
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -173,6 +206,17 @@ mod tests {
                 "`id:`",
             ),
             ("zone:\n  - name: example.com\n", "line 1", "zone"),
+            // Regression: reported at the line where the entry starts.
+            (
+                "zones:\n  - name: example.com\n    expect: maybe\n",
+                "line 3",
+                "maybe",
+            ),
+            (
+                "zones:\n  - name: example.com\n  - name: Example.com\n    expect: off\n",
+                "listed twice",
+                "zones 1 and 2",
+            ),
             ("zones: [\n", "line 2", "did not find expected node"),
         ];
         for (text, line, reason) in cases {
