@@ -204,6 +204,9 @@ impl fmt::Display for ErrorKind {
     }
 }
 
+/// The shortest secret [`ApiError::redact`] scrubs from messages.
+pub const MIN_REDACTED_LEN: usize = 8;
+
 /// A failed Cloudflare API request. Messages carry the HTTP status and
 /// Cloudflare's own codes; they never carry credentials.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -271,10 +274,13 @@ impl ApiError {
     }
 
     /// Replaces `secret` wherever the answer echoed it (a proxy's error page,
-    /// a message quoting the request), so it cannot reach the logs.
+    /// a message quoting the request), so it cannot reach the logs. Real
+    /// credentials are 37 characters or more; a secret shorter than
+    /// [`MIN_REDACTED_LEN`] is left alone, since scrubbing it would mangle
+    /// ordinary words and hide nothing worth hiding.
     pub fn redact(&mut self, secret: &str) {
         let scrub = |text: &mut String| {
-            if !secret.is_empty() && text.contains(secret) {
+            if secret.len() >= MIN_REDACTED_LEN && text.contains(secret) {
                 *text = text.replace(secret, "[redacted]");
             }
         };
