@@ -172,6 +172,10 @@ pub struct Notifier {
     metrics: AlertingMetrics,
 }
 
+/// Time limit for one delivery to an Alertmanager, which answers at once
+/// when healthy; a stuck one is given up on and retried later.
+pub const NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Notifier {
     pub fn new(
         board: Arc<AlertBoard>,
@@ -180,7 +184,7 @@ impl Notifier {
         metrics: AlertingMetrics,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+            .timeout(NOTIFY_TIMEOUT)
             .user_agent(concat!(
                 "cloudflare-argo-exporter/",
                 env!("CARGO_PKG_VERSION")

@@ -94,7 +94,7 @@ impl Verdict {
 /// Reads every configured or discovered zone once.
 pub async fn survey(client: &Client, sources: &ZoneSources) -> Vec<ZoneReport> {
     let (mut tracker, zone_set) = ZoneTracker::new(client.clone(), sources);
-    tracker.refresh_once().await;
+    tracker.refresh_once(true).await;
     let zones = zone_set.borrow().clone();
 
     let mut reports: Vec<ZoneReport> = tracker

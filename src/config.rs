@@ -286,15 +286,17 @@ impl AlertingConfig {
 }
 
 /// A URL as it may be shown in an error: without the user name and password
-/// (either may be a credential, such as a token pasted in the wrong place),
-/// even when the text does not parse as a URL.
+/// (either may be a credential, such as a token pasted in the wrong place).
+/// Text that does not parse as a URL is shown from its last `@` on, since
+/// what stands before it may be one.
 fn shown_url(text: &str) -> String {
-    let Some((scheme, rest)) = text.split_once("://") else {
-        return text.to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+    if let Ok(mut url) = Url::parse(text) {
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        return url.to_string();
+    }
+    match text.rfind('@') {
+        Some(at) => format!("…{}", &text[at..]),
         None => text.to_owned(),
     }
 }
@@ -891,6 +893,9 @@ mod tests {
             "https://SECRET-TOKEN@api.example.com/client/v4",
             "https://user:SECRET-TOKEN@api.example.com/",
             "http://user:SECRET-TOKEN@[not-an-address/",
+            "https:user:SECRET-TOKEN@api.example.com/client/v4",
+            "https:\\\\SECRET-TOKEN@api.example.com/",
+            "SECRET-TOKEN@api.example.com/client/v4",
         ] {
             for err in [
                 parse_api_url(text).unwrap_err().to_string(),
@@ -900,7 +905,8 @@ mod tests {
             }
         }
         assert_eq!(shown_url("https://a:b@host:1/x@y"), "https://host:1/x@y");
-        assert_eq!(shown_url("no scheme@here"), "no scheme@here");
+        assert_eq!(shown_url("no scheme@here"), "…@here");
+        assert_eq!(shown_url("https://host/"), "https://host/");
     }
 
     #[test]

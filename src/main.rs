@@ -89,10 +89,9 @@ async fn demo(args: DemoArgs) -> ExitCode {
 /// `status` (prints every zone) and `check` (also sets the exit code).
 async fn status(args: StatusArgs, check: bool) -> ExitCode {
     logging::init(LogConfig::from(&args.log));
-    let env = env_var;
     let (sources, api) = match (
         ZoneSources::from_args(&args.sources),
-        ApiConfig::from_args(&args.api, env),
+        ApiConfig::from_args(&args.api, env_var),
     ) {
         (Ok(sources), Ok(api)) => (sources, api),
         (Err(err), _) | (_, Err(err)) => return config_error(err),

@@ -104,10 +104,15 @@ struct NameLookup {
 /// per cycle for all zones rather than once per zone.
 #[derive(Default)]
 struct Outcome {
-    /// The Argo read was refused for the credentials, with Cloudflare's code.
-    argo_refused: Option<Option<i64>>,
+    /// The Argo read was refused for the credentials.
+    argo_refused: Option<Refusal>,
     /// The name lookup failed for the first time (later failures are quiet).
     name_failed: Option<NameFailure>,
+}
+
+/// Credentials refused, with Cloudflare's error code when it gave one.
+struct Refusal {
+    code: Option<i64>,
 }
 
 struct NameFailure {
@@ -420,9 +425,9 @@ fn round_to_millis(duration: Duration) -> Duration {
 
 impl CycleReport {
     fn add(&mut self, outcome: Outcome) {
-        if let Some(code) = outcome.argo_refused {
+        if let Some(refusal) = outcome.argo_refused {
             self.argo_refused += 1;
-            self.argo_refused_code = self.argo_refused_code.or(code);
+            self.argo_refused_code = self.argo_refused_code.or(refusal.code);
         }
         if let Some(failure) = outcome.name_failed {
             self.names_failed += 1;
@@ -438,8 +443,8 @@ impl CycleReport {
                 failed = self.argo_refused,
                 zones = self.zones,
                 cloudflare_code = self.argo_refused_code,
-                "Cloudflare refused the credentials for Argo Smart Routing; {}",
-                auth_hint(self.argo_refused_code, "Zone Settings Read")
+                hint = %auth_hint(self.argo_refused_code, "Zone Settings Read"),
+                "Cloudflare refused the credentials for Argo Smart Routing"
             );
         }
         if let Some(failure) = &self.name_failure {
@@ -449,11 +454,12 @@ impl CycleReport {
                 "retrying later".to_owned()
             };
             warn!(
-                zones = self.names_failed,
+                failed = self.names_failed,
                 kind = %failure.kind,
                 cloudflare_code = failure.code,
                 retry_in = %humantime::format_duration(failure.retry_in),
-                "cannot look up zone names (GET /zones/{{id}}); exporting without them for now: {hint}"
+                hint = %hint,
+                "cannot look up zone names (GET /zones/{{id}}); exporting without them for now"
             );
         }
     }
@@ -517,7 +523,9 @@ async fn poll_zone(context: &PollContext<'_>, zone: &mut ZoneState) -> Outcome {
             let kind = err.kind();
             record_failure(context, zone, &err);
             if kind == ErrorKind::Auth {
-                outcome.argo_refused = Some(err.cloudflare_code());
+                outcome.argo_refused = Some(Refusal {
+                    code: err.cloudflare_code(),
+                });
             }
         }
     }

@@ -245,7 +245,8 @@ async fn metrics(state: &AppState, gzip: bool) -> Response<Full<Bytes>> {
 /// waits for an encoding. Past that (a lone scrape every 15 s), the scrape
 /// waits for a fresh encoding. The metrics are gzipped as they are encoded,
 /// so the full text is never held in memory; a scrape that does not accept
-/// gzip (rare: a person with curl) gets a plain encoding of its own.
+/// gzip (rare: a person with curl) gets a plain encoding of its own, one at a
+/// time and apart from the gzipped ones.
 pub struct EncodedMetrics {
     inner: Arc<Inner>,
 }
@@ -259,6 +260,9 @@ struct Inner {
     latest: std::sync::RwLock<Option<(Instant, Bytes)>>,
     /// Held by whoever is encoding, so only one encoding runs at a time.
     encoding: Arc<tokio::sync::Mutex<()>>,
+    /// The same for plain-text encodings, kept apart so that a burst of
+    /// plain scrapes never holds up the gzipped ones Prometheus makes.
+    plain_encoding: tokio::sync::Mutex<()>,
     /// Bytes of the last plain encoding.
     plain_size: AtomicUsize,
 }
@@ -271,6 +275,7 @@ impl EncodedMetrics {
                 max_age,
                 latest: std::sync::RwLock::new(None),
                 encoding: Arc::new(tokio::sync::Mutex::new(())),
+                plain_encoding: tokio::sync::Mutex::new(()),
                 plain_size: AtomicUsize::new(16 * 1024),
             }),
         }
@@ -308,7 +313,7 @@ impl EncodedMetrics {
     /// The metrics as plain text, encoded for this request. One encoding runs
     /// at a time, so a burst of plain scrapes cannot each hold a full text.
     pub async fn plain(&self) -> Result<Bytes, String> {
-        let _encoding = self.inner.encoding.lock().await;
+        let _encoding = self.inner.plain_encoding.lock().await;
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             // Sized from the last plain encoding, so the buffer is not doubled.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use regex::Regex;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -242,9 +243,7 @@ pub struct ZoneTracker {
     refresh: Duration,
     default_expect: Expectation,
     shard: Shard,
-    /// What each configured name resolved to last. Names are looked up again
-    /// every round, so a zone deleted and created anew under the same name is
-    /// followed to its new ID; while a lookup fails, the last answer stands.
+    /// What each configured name resolved to last (see `resolve_names`).
     resolved: BTreeMap<String, Zone>,
     /// Names whose last lookup failed, with why, so each failure is warned
     /// about once and `status` can say why a name is unresolved.
@@ -294,11 +293,18 @@ impl ZoneTracker {
     }
 
     /// Updates the set now and then every refresh interval, retrying sooner
-    /// after a failure, until `shutdown`.
+    /// after a failure, until `shutdown`. Once per refresh interval a round
+    /// checks every configured name again; the retries in between look up
+    /// only the names that have not resolved.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut retry = FIRST_RETRY;
+        let mut last_full: Option<Instant> = None;
         loop {
-            let complete = self.refresh_once().await;
+            let full = last_full.is_none_or(|at| at.elapsed() >= self.refresh);
+            if full {
+                last_full = Some(Instant::now());
+            }
+            let complete = self.refresh_once(full).await;
             let wait = if complete {
                 retry = FIRST_RETRY;
                 self.refresh
@@ -314,13 +320,39 @@ impl ZoneTracker {
         }
     }
 
-    /// One round of name lookups and discovery. Publishes the result and
-    /// returns whether every step succeeded.
-    pub async fn refresh_once(&mut self) -> bool {
+    /// One round: discovery, then the configured names (with `recheck_names`
+    /// all of them, otherwise only those not resolved yet). Publishes the
+    /// result and returns whether every step succeeded.
+    pub async fn refresh_once(&mut self, recheck_names: bool) -> bool {
+        let discovered = self.discover().await;
+        let resolved = self.resolve_names(recheck_names).await;
+        self.publish();
+        discovered && resolved
+    }
+
+    /// Looks up configured names. A name that discovery listed costs no
+    /// request. Re-checking follows a zone deleted and created anew under its
+    /// name to the new ID, and stops watching one that is gone; while a
+    /// lookup fails, the last answer stands. Failures new in this round are
+    /// summed up in one line.
+    async fn resolve_names(&mut self, recheck: bool) -> bool {
         let mut complete = true;
+        let mut new_failures: Vec<(String, String)> = Vec::new();
         for name in self.configured_names() {
             let before = self.resolved.get(&name).map(|zone| zone.id.clone());
-            match self.resolve(&name).await {
+            if before.is_some() && !recheck {
+                continue;
+            }
+            let listed = self
+                .discovered
+                .iter()
+                .find(|zone| zone.name.eq_ignore_ascii_case(&name))
+                .cloned();
+            let answer = match listed {
+                Some(zone) => Ok(Some(zone)),
+                None => self.resolve(&name).await,
+            };
+            let reason = match answer {
                 Ok(Some(zone)) => {
                     if before.as_ref() != Some(&zone.id) {
                         info!(
@@ -332,82 +364,98 @@ impl ZoneTracker {
                     }
                     self.failing_names.remove(&name);
                     self.resolved.insert(name, zone);
+                    continue;
                 }
                 Ok(None) => {
-                    let reason = "no zone of that name is visible to the token".to_owned();
-                    if self.failing_names.insert(name.clone(), reason).is_none() {
+                    // The lookup worked and found nothing: a zone watched
+                    // under this name is gone, and loses its series.
+                    if let Some(gone) = self.resolved.remove(&name) {
                         warn!(
                             zone_name = %name,
-                            still_watching = before.as_deref(),
-                            "no zone of that name is visible to the token"
+                            zone_id = %gone.id,
+                            "no zone of this name is visible to the token any more; \
+                             no longer watching it"
                         );
                     }
-                    complete = false;
+                    "no zone of that name is visible to the token".to_owned()
                 }
-                Err(err) => {
-                    let reason = format!("cannot look the name up ({}): {err}", err.kind());
-                    if self.failing_names.insert(name.clone(), reason).is_none() {
-                        warn!(
-                            zone_name = %name,
-                            kind = %err.kind(),
-                            error = %err,
-                            still_watching = before.as_deref(),
-                            "cannot resolve zone name"
-                        );
-                    } else {
-                        debug!(zone_name = %name, kind = %err.kind(), error = %err, "cannot resolve zone name");
-                    }
-                    complete = false;
+                Err(err) => format!("cannot look the name up ({}): {err}", err.kind()),
+            };
+            complete = false;
+            if self.failing_names.get(&name) != Some(&reason) {
+                new_failures.push((name.clone(), reason.clone()));
+            } else {
+                debug!(zone_name = %name, reason = %reason, "zone name still unresolved");
+            }
+            self.failing_names.insert(name, reason);
+        }
+        if let Some((name, reason)) = new_failures.first() {
+            warn!(
+                names = new_failures.len(),
+                example = %name,
+                reason = %reason,
+                "cannot resolve configured zone names; retrying (zones resolved before stay \
+                 watched)"
+            );
+        }
+        complete
+    }
+
+    /// Lists the zones for `--zones.discover`; returns false when that failed
+    /// (the zones found last time stay).
+    async fn discover(&mut self) -> bool {
+        let Some(discovery) = &self.discovery else {
+            return true;
+        };
+        match self.client.all_zones(&discovery.query).await {
+            Ok(zones) => {
+                let listed = zones.len();
+                let before = self.discovered.len();
+                let (usable, malformed): (Vec<Zone>, Vec<Zone>) = zones
+                    .into_iter()
+                    .partition(|zone| zone.id.parse::<ZoneId>().is_ok());
+                if !malformed.is_empty() && malformed.len() != self.malformed_ids {
+                    warn!(
+                        malformed = malformed.len(),
+                        example = %malformed[0].id,
+                        "the zone list holds IDs that are not 32 hexadecimal characters; \
+                         skipping those zones"
+                    );
                 }
+                self.malformed_ids = malformed.len();
+                self.discovered = usable
+                    .into_iter()
+                    .filter(|zone| discovery.keeps(&zone.name))
+                    .collect();
+                let kept = self.discovered.len();
+                if !self.published_once || kept != before || self.discovery_failing {
+                    info!(listed, kept, "zone discovery finished");
+                } else {
+                    debug!(listed, kept, "zone discovery finished");
+                }
+                self.discovery_failing = false;
+                true
+            }
+            Err(err) => {
+                if !self.discovery_failing {
+                    warn!(
+                        kind = %err.kind(),
+                        error = %err,
+                        kept = self.discovered.len(),
+                        "zone discovery failed; keeping the zones found last time"
+                    );
+                } else {
+                    debug!(kind = %err.kind(), error = %err, "zone discovery failed again");
+                }
+                self.discovery_failing = true;
+                false
             }
         }
+    }
 
-        if let Some(discovery) = &self.discovery {
-            match self.client.all_zones(&discovery.query).await {
-                Ok(zones) => {
-                    let listed = zones.len();
-                    let before = self.discovered.len();
-                    let (usable, malformed): (Vec<Zone>, Vec<Zone>) = zones
-                        .into_iter()
-                        .partition(|zone| zone.id.parse::<ZoneId>().is_ok());
-                    if !malformed.is_empty() && malformed.len() != self.malformed_ids {
-                        warn!(
-                            malformed = malformed.len(),
-                            example = %malformed[0].id,
-                            "the zone list holds IDs that are not 32 hexadecimal characters; \
-                             skipping those zones"
-                        );
-                    }
-                    self.malformed_ids = malformed.len();
-                    self.discovered = usable
-                        .into_iter()
-                        .filter(|zone| discovery.keeps(&zone.name))
-                        .collect();
-                    let kept = self.discovered.len();
-                    if !self.published_once || kept != before || self.discovery_failing {
-                        info!(listed, kept, "zone discovery finished");
-                    } else {
-                        debug!(listed, kept, "zone discovery finished");
-                    }
-                    self.discovery_failing = false;
-                }
-                Err(err) => {
-                    if !self.discovery_failing {
-                        warn!(
-                            kind = %err.kind(),
-                            error = %err,
-                            kept = self.discovered.len(),
-                            "zone discovery failed; keeping the zones found last time"
-                        );
-                    } else {
-                        debug!(kind = %err.kind(), error = %err, "zone discovery failed again");
-                    }
-                    self.discovery_failing = true;
-                    complete = false;
-                }
-            }
-        }
-
+    /// Hands the current set to the poller: the first round always, later
+    /// ones when the set changed.
+    fn publish(&mut self) {
         let current = self.current();
         if self.published_once {
             self.sender.send_if_modified(|published| {
@@ -422,7 +470,6 @@ impl ZoneTracker {
             self.sender.send_replace(current);
             self.published_once = true;
         }
-        complete
     }
 
     /// Every zone configured by name.
@@ -489,16 +536,9 @@ impl ZoneTracker {
                     let known = zones.get(id).and_then(|z| z.name.clone());
                     (id.clone(), known)
                 }
-                // Until the name's own lookup succeeds, a discovered zone of
-                // that name is the one meant: it must not be watched with the
-                // default expectation instead of the configured one.
                 ZoneRef::Name(name) => match self
                     .resolved
                     .get(name)
-                    .or_else(|| {
-                        let mut discovered = self.discovered.iter();
-                        discovered.find(|zone| zone.name.eq_ignore_ascii_case(name))
-                    })
                     .and_then(|zone| zone.id.parse::<ZoneId>().ok())
                 {
                     Some(id) => (id, Some(name.clone())),

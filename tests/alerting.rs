@@ -496,10 +496,6 @@ async fn the_alert_resolves_when_the_zone_is_no_longer_watched() {
     exporter.stop().await;
 }
 
-/// The notifier's request timeout (`Notifier::new`): a request to an
-/// Alertmanager that never answers fails no sooner.
-const NOTIFIER_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// An "Alertmanager" on loopback that accepts connections and never answers
 /// on them: its URL, and how many connections it has taken.
 async fn hanging_alertmanager() -> (String, Arc<AtomicUsize>) {
@@ -572,7 +568,7 @@ async fn a_hanging_alertmanager_does_not_hold_up_polling() {
     // The stuck request times out and is counted as a failure.
     eventually_within(
         "a failed notification",
-        NOTIFIER_TIMEOUT + PATIENCE,
+        cloudflare_argo_exporter::alerting::NOTIFY_TIMEOUT + PATIENCE,
         || async { notifications(&exporter.scrape().await, "failure") >= 1.0 },
     )
     .await;

@@ -214,6 +214,42 @@ async fn a_zone_recreated_under_its_configured_name_is_followed_to_its_new_id() 
 }
 
 #[tokio::test]
+async fn a_zone_deleted_under_its_configured_name_loses_its_series() {
+    let id = numbered_id(0xa3);
+    let simulator = Simulator::new([SimZone::new(&id, "gone.example.com", ArgoValue::On)]);
+    let url = serve_simulator(&simulator).await;
+    let mut config = config(&url, &[], Duration::from_millis(200));
+    config.zones.refresh = Duration::from_millis(300);
+    config.zones.configured = vec![ZoneRef::Name("gone.example.com".to_owned()).into()];
+    let exporter = Exporter::start(config).await;
+    exporter
+        .scrape_until("the zone", |m| {
+            m.zone_value("argo_enabled", &id) == Some(1.0)
+        })
+        .await;
+
+    simulator.remove(&id);
+    let m = exporter
+        .scrape_until("the zone to be dropped", |m| {
+            m.value("argo_zones", &[("source", "configured")]) == Some(0.0)
+        })
+        .await;
+    for series in [
+        "argo_enabled",
+        "argo_zone_poll_success",
+        "argo_expected_enabled",
+    ] {
+        assert_eq!(m.zone_value(series, &id), None, "{series}:\n{}", m.text);
+    }
+    let said = log_lines_with("no longer watching it");
+    assert!(
+        said.iter().any(|l| l.contains("gone.example.com")),
+        "{said:#?}"
+    );
+    exporter.stop().await;
+}
+
+#[tokio::test]
 async fn token_expiry_is_exported() {
     let simulator = Simulator::numbered(1);
     let expires = chrono::DateTime::parse_from_rfc3339("2027-06-30T00:00:00Z").unwrap();
@@ -373,11 +409,7 @@ async fn a_configured_name_keeps_its_expectation_while_its_lookup_fails_and_disc
         .respond_with(ResponseTemplate::new(503).set_body_json(failure_body(1000, "busy")))
         .mount(&api)
         .await;
-    let listing = serde_json::json!({
-        "result": [zone_body(&id, "calm.example.com")["result"]],
-        "result_info": {"page": 1, "per_page": 50, "count": 1, "total_count": 1, "total_pages": 1},
-        "success": true, "errors": [], "messages": []
-    });
+    let listing = zone_listing(&[(&id, "calm.example.com")]);
     Mock::given(method("GET"))
         .and(path("/zones"))
         .respond_with(ResponseTemplate::new(200).set_body_json(listing))
@@ -437,15 +469,11 @@ async fn odd_values_in_the_token_check_and_zone_list_are_reported_not_ignored() 
         .respond_with(ResponseTemplate::new(200).set_body_json(verify))
         .mount(&api)
         .await;
-    let listing = serde_json::json!({
-        "result": [
-            zone_body(&good, "good.example.com")["result"],
-            zone_body("../../../evil", "evil.example.com")["result"],
-            zone_body("ABCDEF", "upper.example.com")["result"],
-        ],
-        "result_info": {"page": 1, "per_page": 50, "count": 3, "total_count": 3, "total_pages": 1},
-        "success": true, "errors": [], "messages": []
-    });
+    let listing = zone_listing(&[
+        (&good, "good.example.com"),
+        ("../../../evil", "evil.example.com"),
+        ("ABCDEF", "upper.example.com"),
+    ]);
     Mock::given(method("GET"))
         .and(path("/zones"))
         .respond_with(ResponseTemplate::new(200).set_body_json(listing))

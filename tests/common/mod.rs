@@ -275,6 +275,24 @@ pub fn zone_body(id: &str, name: &str) -> serde_json::Value {
     })
 }
 
+/// One page holding every zone of a `GET /zones` listing, as `(id, name)`.
+pub fn zone_listing(zones: &[(&str, &str)]) -> serde_json::Value {
+    let results: Vec<serde_json::Value> = zones
+        .iter()
+        .map(|(id, name)| zone_body(id, name)["result"].clone())
+        .collect();
+    serde_json::json!({
+        "result": results,
+        "result_info": {
+            "page": 1, "per_page": 50, "count": zones.len(),
+            "total_count": zones.len(), "total_pages": 1
+        },
+        "success": true,
+        "errors": [],
+        "messages": [],
+    })
+}
+
 /// A Cloudflare failure envelope with one error.
 pub fn failure_body(code: i64, message: &str) -> serde_json::Value {
     serde_json::json!({
