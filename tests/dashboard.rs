@@ -114,6 +114,105 @@ fn targets(dashboard: &Value) -> Vec<(String, String)> {
     out
 }
 
+/// The value mappings of one field: 0 and 1 to their words.
+fn mapped_words(mappings: &Value) -> Option<(String, String)> {
+    let options = mappings
+        .as_array()?
+        .iter()
+        .find(|mapping| mapping["type"] == "value")?
+        .get("options")?;
+    let word = |value: &str| options[value]["text"].as_str().map(str::to_owned);
+    Some((word("0")?, word("1")?))
+}
+
+/// The setting `id` of the field named `name`, from the panel's overrides.
+fn override_of<'a>(panel: &'a Value, name: &str, id: &str) -> Option<&'a Value> {
+    let overrides = panel["fieldConfig"]["overrides"].as_array()?;
+    overrides
+        .iter()
+        .filter(|o| o["matcher"]["options"] == name)
+        .flat_map(|o| o["properties"].as_array().into_iter().flatten())
+        .find(|property| property["id"] == id)
+        .map(|property| &property["value"])
+}
+
+#[test]
+fn values_show_as_words_and_numbers_carry_units() {
+    let dashboard = dashboard();
+    let panels: Vec<&Value> = all_panels(&dashboard["panels"])
+        .into_iter()
+        .filter(|panel| panel["type"] != "row")
+        .collect();
+    let words = |expr: &str| -> Option<(&str, &str)> {
+        if expr.contains("argo_editable") {
+            Some(("no", "yes"))
+        } else if expr.contains("argo_enabled") || expr.contains("argo_expected_enabled") {
+            Some(("off", "on"))
+        } else {
+            None
+        }
+    };
+    let mut mapped = 0;
+    for panel in &panels {
+        let title = panel["title"].as_str().unwrap_or_default();
+        let defaults = &panel["fieldConfig"]["defaults"];
+        match panel["type"].as_str() {
+            // A 1/0 series per zone: the panel's own values read on/off.
+            Some("state-timeline") => {
+                let expr = panel["targets"][0]["expr"].as_str().unwrap_or_default();
+                let (zero, one) = words(expr).expect("a timeline of a 1/0 series");
+                let found = mapped_words(&defaults["mappings"]);
+                assert_eq!(found, Some((zero.into(), one.into())), "{title}");
+                mapped += 1;
+            }
+            // One column per query: 1/0 columns mapped, the others with units.
+            Some("table") => {
+                for target in panel["targets"].as_array().into_iter().flatten() {
+                    let expr = target["expr"].as_str().unwrap_or_default();
+                    let column = format!("Value #{}", target["refId"].as_str().unwrap_or("?"));
+                    match words(expr) {
+                        Some((zero, one)) if !expr.contains("time()") => {
+                            let found =
+                                override_of(panel, &column, "mappings").and_then(mapped_words);
+                            assert_eq!(found, Some((zero.into(), one.into())), "{title}: {column}");
+                            mapped += 1;
+                        }
+                        _ => {
+                            let unit = override_of(panel, &column, "unit").and_then(Value::as_str);
+                            assert!(
+                                unit.is_some_and(|u| !u.is_empty()),
+                                "{title}: {column} has no unit"
+                            );
+                        }
+                    }
+                }
+            }
+            // Counts, rates, latencies and times: each says its unit.
+            _ => {
+                let unit = defaults["unit"].as_str().unwrap_or_default();
+                assert!(!unit.is_empty(), "panel {title:?} has no unit");
+            }
+        }
+    }
+    // The timeline and the table's Argo, Editable and Expected columns.
+    assert!(mapped >= 4, "only {mapped} fields map 1/0 to words");
+    // Times read as dates or durations, not as raw seconds.
+    let table = panels
+        .iter()
+        .find(|p| p["type"] == "table")
+        .expect("a table");
+    let units: Vec<&str> = table["fieldConfig"]["overrides"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|o| o["properties"].as_array().into_iter().flatten())
+        .filter(|property| property["id"] == "unit")
+        .filter_map(|property| property["value"].as_str())
+        .collect();
+    assert!(units.iter().any(|u| u.starts_with("dateTime")), "{units:?}");
+    assert!(units.contains(&"s"), "{units:?}");
+}
+
 /// The `label_values(SELECTOR, LABEL)` queries of the template variables.
 fn variable_queries(dashboard: &Value) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
