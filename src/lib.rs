@@ -25,7 +25,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::alerting::{AlertBoard, Notifier};
 use crate::budget::Budget;
 use crate::cloudflare::{Client, ClientError, Endpoint, ErrorKind};
 use crate::config::{Config, Credentials};
@@ -86,22 +85,7 @@ pub async fn run(
     if wait_for_zones {
         tokio::spawn(tracker.run(stop.clone()));
     }
-    let mut actions = Actions {
-        alerts: None,
-        enforce_grace: config.alerting.enforce_grace,
-    };
-    if !config.alerting.alertmanagers.is_empty() {
-        let board = Arc::new(AlertBoard::default());
-        let notifier = Notifier::new(
-            Arc::clone(&board),
-            config.alerting.alertmanagers.clone(),
-            config.alerting.resend_interval,
-            metrics.alerting.clone(),
-        )
-        .map_err(ClientError::Build)?;
-        tokio::spawn(notifier.run(stop.clone()));
-        actions.alerts = Some(board);
-    }
+    let actions = Actions::start(&config.alerting, &metrics, &stop).map_err(ClientError::Build)?;
     let poller = Poller::new(
         client,
         metrics.clone(),

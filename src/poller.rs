@@ -18,11 +18,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::alerting::AlertBoard;
+use crate::alerting::{AlertBoard, Notifier};
 use crate::cloudflare::{
     codes, ApiError, ArgoValue, Client, Endpoint, ErrorKind, SmartRouting, Zone,
 };
-use crate::config::{PollConfig, ZoneId};
+use crate::config::{AlertingConfig, PollConfig, ZoneId};
 use crate::metrics::{Metrics, ZoneLabels};
 use crate::zones::{Expectation, Source, WatchedZone, ZoneSet};
 
@@ -161,6 +161,33 @@ pub struct Actions {
     pub alerts: Option<Arc<AlertBoard>>,
     /// With `--enforce`: how long a zone may stay off before it is turned on.
     pub enforce_grace: Option<Duration>,
+}
+
+impl Actions {
+    /// The actions `config` asks for. With Alertmanagers, starts the task
+    /// that delivers the alerts (until `stop`) and points the board at it.
+    pub fn start(
+        config: &AlertingConfig,
+        metrics: &Metrics,
+        stop: &CancellationToken,
+    ) -> Result<Self, reqwest::Error> {
+        let mut actions = Self {
+            alerts: None,
+            enforce_grace: config.enforce_grace,
+        };
+        if !config.alertmanagers.is_empty() {
+            let board = Arc::new(AlertBoard::default());
+            let notifier = Notifier::new(
+                Arc::clone(&board),
+                config.alertmanagers.clone(),
+                config.resend_interval,
+                metrics.alerting.clone(),
+            )?;
+            tokio::spawn(notifier.run(stop.clone()));
+            actions.alerts = Some(board);
+        }
+        Ok(actions)
+    }
 }
 
 impl Poller {

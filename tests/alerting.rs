@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudflare_argo_exporter::alerting::{AlertBoard, Notifier};
 use cloudflare_argo_exporter::budget::Budget;
 use cloudflare_argo_exporter::cloudflare::{ArgoValue, Client, ZoneQuery};
 use cloudflare_argo_exporter::metrics::Metrics as ExporterMetrics;
@@ -351,6 +350,22 @@ async fn alerts_for(am: &MockServer, zone_id: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Waits until the last alert posted for the zone is firing (or resolved).
+async fn until_last_alert(am: &MockServer, zone_id: &str, resolved: bool) {
+    let what = if resolved {
+        "the resolution"
+    } else {
+        "the alert"
+    };
+    eventually(what, || async {
+        alerts_for(am, zone_id)
+            .await
+            .last()
+            .is_some_and(|alert| is_resolved(alert) == resolved)
+    })
+    .await;
+}
+
 /// One watched zone, as the zone tracker would publish it.
 fn watched(id: &str, name: &str, expect: Expectation) -> ZoneSet {
     Arc::new(vec![WatchedZone {
@@ -365,30 +380,22 @@ fn watched(id: &str, name: &str, expect: Expectation) -> ZoneSet {
 async fn the_alert_resolves_when_the_zone_is_no_longer_expected_on() {
     // The daemon has no configuration reload: a watched zone's expectation
     // only changes when the zone tracker publishes a new zone set. The poller
-    // and notifier are wired here as `run` wires them, with the set in the
-    // test's hands.
+    // and its actions are started here as `run` starts them, with the set in
+    // the test's hands.
     let zones = zones(6);
     let simulator = Simulator::new([SimZone::new(&zones.on, "on.example.com", ArgoValue::Off)])
         .require_token(TOKEN);
     let url = serve_simulator(&simulator).await;
     let am = alertmanager().await;
-    let config = config(&url, &[], Duration::from_millis(100));
+    let mut config = config(&url, &[], Duration::from_millis(100));
+    config.alerting.alertmanagers = vec![alertmanager_url(&am.uri())];
+    config.alerting.resend_interval = RESEND;
     let metrics = ExporterMetrics::new(config.api.rate_limit).unwrap();
     let budget = Arc::new(Budget::new(config.api.rate_limit));
     let client = Client::new(&config.api, Arc::clone(&budget), metrics.api.clone()).unwrap();
-    let board = Arc::new(AlertBoard::default());
-    let notifier = Notifier::new(
-        Arc::clone(&board),
-        vec![alertmanager_url(&am.uri())],
-        RESEND,
-        metrics.alerting.clone(),
-    )
-    .unwrap();
+    let stop = CancellationToken::new();
+    let actions = Actions::start(&config.alerting, &metrics, &stop).unwrap();
     let (publish, zone_set) = watch::channel(watched(&zones.on, "on.example.com", Expectation::On));
-    let actions = Actions {
-        alerts: Some(board),
-        enforce_grace: None,
-    };
     let poller = Poller::new(
         client,
         metrics.clone(),
@@ -397,17 +404,9 @@ async fn the_alert_resolves_when_the_zone_is_no_longer_expected_on() {
         zone_set,
         actions,
     );
-    let stop = CancellationToken::new();
-    tokio::spawn(notifier.run(stop.clone()));
     let polling = tokio::spawn(poller.run(Readiness::default(), false, stop.clone()));
 
-    eventually("the alert", || async {
-        alerts_for(&am, &zones.on)
-            .await
-            .last()
-            .is_some_and(|a| !is_resolved(a))
-    })
-    .await;
+    until_last_alert(&am, &zones.on, false).await;
 
     let scrape = || Metrics::parse(&String::from_utf8(metrics.encode().unwrap()).unwrap());
     let poll_success = || scrape().zone_value("argo_zone_poll_success", &zones.on);
@@ -417,13 +416,7 @@ async fn the_alert_resolves_when_the_zone_is_no_longer_expected_on() {
     let simulator = simulator.require_token("rotated-elsewhere");
     eventually("polls to fail", || async { poll_success() == Some(0.0) }).await;
     publish.send_replace(watched(&zones.on, "on.example.com", Expectation::Any));
-    eventually("the resolution", || async {
-        alerts_for(&am, &zones.on)
-            .await
-            .last()
-            .is_some_and(is_resolved)
-    })
-    .await;
+    until_last_alert(&am, &zones.on, true).await;
 
     // Polls that work again, and still read Argo off, raise it no more.
     let simulator = simulator.require_token(TOKEN);
@@ -468,13 +461,7 @@ async fn the_alert_resolves_when_the_zone_is_no_longer_watched() {
     config.alerting.alertmanagers = vec![alertmanager_url(&am.uri())];
     config.alerting.resend_interval = RESEND;
     let exporter = Exporter::start(config).await;
-    eventually("the alert", || async {
-        alerts_for(&am, &zones.on)
-            .await
-            .last()
-            .is_some_and(|a| !is_resolved(a))
-    })
-    .await;
+    until_last_alert(&am, &zones.on, false).await;
 
     // The zone leaves the account while its alert fires.
     simulator.remove(&zones.on);
@@ -484,13 +471,7 @@ async fn the_alert_resolves_when_the_zone_is_no_longer_watched() {
                 && m.zone_value("argo_enabled", &zones.on).is_none()
         })
         .await;
-    eventually("the resolution", || async {
-        alerts_for(&am, &zones.on)
-            .await
-            .last()
-            .is_some_and(is_resolved)
-    })
-    .await;
+    until_last_alert(&am, &zones.on, true).await;
     let resolved = alerts_for(&am, &zones.on).await.pop().unwrap();
     assert_eq!(resolved["labels"]["zone_name"], "on.example.com");
     exporter.stop().await;
