@@ -177,23 +177,30 @@ async fn zones_can_be_configured_by_name() {
     exporter.stop().await;
 }
 
+/// A simulator with one zone (Argo on), and an exporter watching it by its
+/// name with a short refresh, once it has polled the zone.
+async fn watching_by_name(id: &str, name: &str) -> (Simulator, Exporter) {
+    let simulator = Simulator::new([SimZone::new(id, name, ArgoValue::On)]);
+    let url = serve_simulator(&simulator).await;
+    let mut config = config(&url, &[], Duration::from_millis(200));
+    config.zones.refresh = Duration::from_millis(300);
+    config.zones.configured = vec![ZoneRef::Name(name.to_owned()).into()];
+    let exporter = Exporter::start(config).await;
+    exporter
+        .scrape_until("the zone under its first ID", |m| {
+            m.zone_value("argo_enabled", id) == Some(1.0)
+        })
+        .await;
+    (simulator, exporter)
+}
+
 #[tokio::test]
 async fn a_zone_recreated_under_its_configured_name_is_followed_to_its_new_id() {
     // Regression: a name was resolved once, so a zone deleted and created
     // again (new ID, same name) stayed polled under its dead ID.
     let old_id = numbered_id(0xa1);
     let new_id = numbered_id(0xa2);
-    let simulator = Simulator::new([SimZone::new(&old_id, "shop.example.com", ArgoValue::On)]);
-    let url = serve_simulator(&simulator).await;
-    let mut config = config(&url, &[], Duration::from_millis(200));
-    config.zones.refresh = Duration::from_millis(300);
-    config.zones.configured = vec![ZoneRef::Name("shop.example.com".to_owned()).into()];
-    let exporter = Exporter::start(config).await;
-    exporter
-        .scrape_until("the zone under its first ID", |m| {
-            m.zone_value("argo_enabled", &old_id) == Some(1.0)
-        })
-        .await;
+    let (simulator, exporter) = watching_by_name(&old_id, "shop.example.com").await;
 
     simulator.remove(&old_id);
     simulator.insert(SimZone::new(&new_id, "shop.example.com", ArgoValue::Off));
@@ -216,17 +223,7 @@ async fn a_zone_recreated_under_its_configured_name_is_followed_to_its_new_id() 
 #[tokio::test]
 async fn a_zone_deleted_under_its_configured_name_loses_its_series() {
     let id = numbered_id(0xa3);
-    let simulator = Simulator::new([SimZone::new(&id, "gone.example.com", ArgoValue::On)]);
-    let url = serve_simulator(&simulator).await;
-    let mut config = config(&url, &[], Duration::from_millis(200));
-    config.zones.refresh = Duration::from_millis(300);
-    config.zones.configured = vec![ZoneRef::Name("gone.example.com".to_owned()).into()];
-    let exporter = Exporter::start(config).await;
-    exporter
-        .scrape_until("the zone", |m| {
-            m.zone_value("argo_enabled", &id) == Some(1.0)
-        })
-        .await;
+    let (simulator, exporter) = watching_by_name(&id, "gone.example.com").await;
 
     simulator.remove(&id);
     let m = exporter
