@@ -120,8 +120,8 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    /// The credentials, to scrub from any answer that echoes them.
-    secrets: Arc<[SecretString]>,
+    /// The token or key, to scrub from any answer that echoes it.
+    secret: SecretString,
     base_url: Url,
     timeout: Duration,
     retry: RetryPolicy,
@@ -147,13 +147,13 @@ impl Client {
             // another host (reqwest drops only `Authorization` on the way).
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        let secrets: Arc<[SecretString]> = match &config.credentials {
-            Credentials::Token(token) => Arc::new([token.clone()]),
-            Credentials::GlobalKey { key, .. } => Arc::new([key.clone()]),
+        let secret = match &config.credentials {
+            Credentials::Token(token) => token.clone(),
+            Credentials::GlobalKey { key, .. } => key.clone(),
         };
         Ok(Self {
             http,
-            secrets,
+            secret,
             base_url: config.base_url.clone(),
             timeout: config.timeout,
             retry: config.retry,
@@ -323,9 +323,7 @@ impl Client {
             interpret_with_info(answer.status, answer.retry_after, &answer.body)
         });
         if let Err(err) = &mut result {
-            for secret in self.secrets.iter() {
-                err.redact(secret.expose_secret());
-            }
+            err.redact(self.secret.expose_secret());
         }
         if let Err(err) = &result {
             self.metrics.observe_error(endpoint, err.kind());
