@@ -100,7 +100,7 @@ const MAX_COUNT: u32 = 1_000_000;
 /// The longest pause any header can impose. Cloudflare blocks for at most
 /// five minutes; a larger value is a bug on the way, not a reason to stop
 /// watching for longer (if the block lasts, the next 429 pauses again).
-pub const MAX_PAUSE: Duration = Duration::from_secs(5 * 60);
+const MAX_PAUSE: Duration = Duration::from_secs(5 * 60);
 
 /// The window is enforced this much longer than configured, so that network
 /// latency cannot fit one request too many into Cloudflare's own count.
@@ -179,17 +179,19 @@ impl Budget {
     }
 
     /// Stops every request until `delay` from now (a 429's `Retry-After`).
-    /// Returns whether this starts a pause (none was in force), so the
-    /// caller can say so once rather than for every request caught in it.
-    pub fn pause_for(&self, delay: Duration) -> bool {
+    /// When this starts a pause (none was in force), returns its length,
+    /// capped, so the caller can say so once rather than for every request
+    /// caught in it.
+    pub fn pause_for(&self, delay: Duration) -> Option<Duration> {
         let now = Instant::now();
-        let until = now + delay.min(MAX_PAUSE);
+        let delay = delay.min(MAX_PAUSE);
+        let until = now + delay;
         let mut state = self.lock();
         let started = state.paused_until.is_none_or(|current| current <= now);
         if state.paused_until.is_none_or(|current| current < until) {
             state.paused_until = Some(until);
         }
-        started
+        started.then_some(delay)
     }
 
     /// Reads Cloudflare's `Ratelimit` header (`"default";r=50;t=30`: 50
@@ -204,9 +206,9 @@ impl Budget {
         };
         let reset = reset.min(MAX_PAUSE);
         if remaining == 0 {
-            if self.pause_for(reset) {
+            if let Some(pause) = self.pause_for(reset) {
                 warn!(
-                    pause = %humantime::format_duration(reset),
+                    pause = %humantime::format_duration(pause),
                     "Cloudflare's Ratelimit header says the allowance is used up; pausing every \
                      request until it resets"
                 );
@@ -364,16 +366,23 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn only_the_first_of_overlapping_pauses_starts_one() {
         let budget = Budget::new("10/1s".parse().unwrap());
-        assert!(budget.pause_for(Duration::from_secs(5)));
-        assert!(
-            !budget.pause_for(Duration::from_secs(8)),
+        assert_eq!(
+            budget.pause_for(Duration::from_secs(5)),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            budget.pause_for(Duration::from_secs(8)),
+            None,
             "extends the pause in force"
         );
         tokio::time::sleep(Duration::from_secs(9)).await;
-        assert!(
+        assert_eq!(
             budget.pause_for(Duration::from_secs(1)),
+            Some(Duration::from_secs(1)),
             "the first pause is over"
         );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(budget.pause_for(Duration::MAX), Some(MAX_PAUSE), "capped");
     }
 
     #[tokio::test(start_paused = true)]

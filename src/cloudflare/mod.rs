@@ -20,7 +20,7 @@ pub use wire::{
     SmartRouting, TokenStatus, Zone,
 };
 
-use crate::budget::{Budget, MAX_PAUSE};
+use crate::budget::Budget;
 use crate::config::{ApiConfig, Credentials, ZoneId};
 use crate::metrics::ApiMetrics;
 
@@ -328,11 +328,8 @@ impl Client {
         if let Err(err) = &result {
             self.metrics.observe_error(endpoint, err.kind());
             if err.kind() == ErrorKind::RateLimited {
-                let pause = err
-                    .retry_after()
-                    .unwrap_or(DEFAULT_RATE_LIMIT_PAUSE)
-                    .min(MAX_PAUSE);
-                if self.budget.pause_for(pause) {
+                let asked = err.retry_after().unwrap_or(DEFAULT_RATE_LIMIT_PAUSE);
+                if let Some(pause) = self.budget.pause_for(asked) {
                     warn!(
                         endpoint = endpoint.as_str(),
                         retry_after = err.retry_after().map(|d| d.as_secs()),
