@@ -276,7 +276,8 @@ impl Poller {
                         took = ?took,
                         cycle = ?plan.length,
                         budget_wait_seconds = waited,
-                        "poll cycle took longer than planned; the next one starts late: {hint}"
+                        hint,
+                        "poll cycle took longer than planned; the next one starts late"
                     );
                 }
                 overrunning = true;
